@@ -68,7 +68,7 @@ class PatternConfig:
         layers = []
         for i, heads in enumerate(self.layers):
             stats = self.stats[i] if self.stats else ({},) * len(heads)
-            layers.append({"heads": [{**head_to_dict(h), **s} for h, s in zip(heads, stats)]})
+            layers.append({"heads": [{**head_to_dict(h), **s} for h, s in zip(heads, stats, strict=True)]})
         return {"format": FORMAT, "version": VERSION, "block_size": BLOCK, "model": dict(self.model), "layers": layers}
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
@@ -167,11 +167,14 @@ def _minference_head(entry: Any, where: str, last_q: int, sink: int, local: int)
         return HeadPattern.a_shape(sink=vertical, local=slash)
     if kind == "block_sparse":
         return HeadPattern.block_sparse(MINFERENCE_BLOCK_SPARSE_TOP_K)
-    raise PatternError(f"{where}: unknown MInference kind {kind!r}; expected vertical_and_slash, stream_llm or block_sparse")
+    raise PatternError(
+        f"{where}: unknown MInference kind {kind!r}; expected vertical_and_slash, stream_llm or block_sparse"
+    )
 
 
 def default_config(num_layers: int, num_heads: int, head: HeadPattern = DEFAULT_HEAD) -> PatternConfig:
     """The embedded default: one pattern for every head (MInference's 1000 verticals, 6096 slashes)."""
     layer = (head,) * num_heads
-    return PatternConfig((layer,) * num_layers, {"source": "minfer embedded default", "num_layers": num_layers, "num_heads": num_heads})
-
+    return PatternConfig(
+        (layer,) * num_layers, {"source": "minfer embedded default", "num_layers": num_layers, "num_heads": num_heads}
+    )

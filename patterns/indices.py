@@ -22,7 +22,9 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def vertical_slash_scores(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def vertical_slash_scores(
+    q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Column and diagonal sums of the last queries' causal softmax.
 
     q: [S, D] one query head, k: [S, D] its KV head. Returns (column [S], diagonal [S]) where

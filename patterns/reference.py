@@ -42,10 +42,14 @@ def attention_over_index(
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_pattern_heads: int) -> tuple[int, int]:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise PatternError(f"Q, K, V must be 4-D [B, H, S, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise PatternError(
+            f"Q, K, V must be 4-D [B, H, S, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     batch, hq, seq_len, head_dim = q.shape
     if k.shape != v.shape or k.shape[0] != batch or k.shape[2] != seq_len or k.shape[3] != head_dim:
-        raise PatternError(f"K and V must be [B, Hkv, S, D] matching Q {tuple(q.shape)}; got {tuple(k.shape)}, {tuple(v.shape)}")
+        raise PatternError(
+            f"K and V must be [B, Hkv, S, D] matching Q {tuple(q.shape)}; got {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if not (q.dtype == k.dtype == v.dtype):
         raise PatternError(f"Q, K, V must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):

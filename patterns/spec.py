@@ -128,9 +128,7 @@ class HeadPattern:
                 raise PatternError(f"{where} ({kind.label}): {name} must be an integer, got {value!r}")
             if name not in ranges:
                 if value != 0:
-                    raise PatternError(
-                        f"{where} ({kind.label}): {name} must be 0 for this kind, got {value}"
-                    )
+                    raise PatternError(f"{where} ({kind.label}): {name} must be 0 for this kind, got {value}")
                 continue
             low, high = ranges[name]
             if not low <= value <= high:
@@ -151,9 +149,7 @@ def validate_layer(heads: Sequence[HeadPattern], layer: int | None = None) -> La
 def validate_shapes(num_q_heads: int, num_kv_heads: int, head_dim: int, num_pattern_heads: int) -> None:
     """Shape rules shared by every face of the op."""
     if num_kv_heads < 1 or num_q_heads % num_kv_heads != 0:
-        raise PatternError(
-            f"query heads ({num_q_heads}) must be a positive multiple of KV heads ({num_kv_heads})"
-        )
+        raise PatternError(f"query heads ({num_q_heads}) must be a positive multiple of KV heads ({num_kv_heads})")
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise PatternError(f"head_dim {head_dim} is not supported; supported: {SUPPORTED_HEAD_DIMS}")
     if num_pattern_heads != num_q_heads:
@@ -206,7 +202,9 @@ def validate_attributes(
     count = len(arrays["kind"]) if num_heads is None else num_heads
     for name, values in arrays.items():
         if len(values) != count:
-            raise PatternError(f"{where}attribute {name} has {len(values)} entries, expected one per query head ({count})")
+            raise PatternError(
+                f"{where}attribute {name} has {len(values)} entries, expected one per query head ({count})"
+            )
     heads = []
     for i in range(count):
         try:
@@ -229,14 +227,14 @@ def head_to_dict(head: HeadPattern) -> dict[str, Any]:
 __all__ = [
     "BLOCK",
     "DOMAIN",
-    "HeadPattern",
-    "Kind",
-    "LayerPattern",
     "OP_TYPE",
-    "PatternError",
     "PLUGIN_NAME",
     "PLUGIN_NAMESPACE",
     "PLUGIN_VERSION",
+    "HeadPattern",
+    "Kind",
+    "LayerPattern",
+    "PatternError",
     "to_attributes",
     "validate_attributes",
     "validate_layer",

@@ -28,7 +28,7 @@ def attributes_to_patterns(
     top_k: Sequence[int],
     scale: float,
 ) -> tuple[float, tuple[HeadPattern, ...]]:
-    fields = dict(zip(PER_HEAD_FIELDS, (sink, local, vertical_size, slash_size, last_q, top_k)))
+    fields = dict(zip(PER_HEAD_FIELDS, (sink, local, vertical_size, slash_size, last_q, top_k), strict=True))
     return validate_attributes({"scale": scale, "block_size": 64, "kind": kind, **fields})
 
 
