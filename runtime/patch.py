@@ -87,6 +87,21 @@ def _chunked(forward: Callable[[torch.Tensor], torch.Tensor], chunk: int) -> Cal
     return run
 
 
+def chunk_per_token_modules(model: nn.Module, chunk: int) -> list[nn.Module]:
+    """Run MLPs and norms over sequence chunks; returns the modules changed, for `restore_forwards`."""
+    changed = []
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in PER_TOKEN_MODULES or name.endswith("model.norm"):
+            module.forward = types.MethodType(_chunked(module.forward, chunk), module)
+            changed.append(module)
+    return changed
+
+
+def restore_forwards(modules: list[nn.Module]) -> None:
+    for module in modules:
+        del module.forward
+
+
 def patch(
     model: nn.Module, patterns: PatternConfig | str | Path | None = None, *, chunk_size: int | None = DEFAULT_CHUNK
 ) -> nn.Module:
@@ -115,12 +130,7 @@ def patch(
                 f"layer {i}: pattern config has {len(heads)} heads but the model has {num_heads} query heads"
             )
         module._minfer_patterns = heads
-    chunked = []
-    if chunk_size is not None:
-        for name, module in model.named_modules():
-            if name.rsplit(".", 1)[-1] in PER_TOKEN_MODULES or name.endswith("model.norm"):
-                module.forward = types.MethodType(_chunked(module.forward, chunk_size), module)
-                chunked.append(module)
+    chunked = chunk_per_token_modules(model, chunk_size) if chunk_size is not None else []
     model._minfer_patched = (config._attn_implementation, chunked)
     model.set_attn_implementation(ATTENTION_NAME)
     return model
@@ -132,8 +142,7 @@ def unpatch(model: nn.Module) -> nn.Module:
     if state is None:
         raise RuntimeError("model is not patched by minfer")
     previous, chunked = state
-    for module in chunked:
-        del module.forward
+    restore_forwards(chunked)
     for module in _attention_modules(model):
         del module._minfer_patterns
     model.set_attn_implementation(previous)
