@@ -62,3 +62,9 @@ def call_with_patterns(
     """Call the op with HeadPattern objects (what configs hold)."""
     lists = {name: [getattr(p, name) for p in patterns] for name in PER_HEAD_FIELDS}
     return torch.ops.minfer.sparse_prefill_attention(q, k, v, [int(p.kind) for p in patterns], **lists, scale=scale)
+
+
+# CUDA tensors go to the kernel library through its C ABI (minfer.runtime.kernels).
+from .kernels import register_cuda_kernel  # noqa: E402
+
+register_cuda_kernel()

@@ -11,6 +11,13 @@
 extern "C" {
 #endif
 
+/* Exported from libminfer_kernels.so (built with hidden visibility otherwise). */
+#if defined(__GNUC__)
+#define MINFER_API __attribute__((visibility("default")))
+#else
+#define MINFER_API
+#endif
+
 #define MINFER_ABI_VERSION 1
 #define MINFER_BLOCK 64
 #define MINFER_MAX_LAST_Q 256
@@ -56,27 +63,79 @@ typedef struct minfer_problem {
 } minfer_problem;
 
 /* The contract's attribute rules (same messages as minfer.patterns.spec). */
-minfer_status minfer_validate_pattern(const minfer_pattern* pattern);
+MINFER_API minfer_status minfer_validate_pattern(const minfer_pattern* pattern);
 
 /* Pattern rules plus shape rules (GQA divisibility, head_dim, dtype, sizes). */
-minfer_status minfer_validate_problem(const minfer_pattern* pattern, const minfer_problem* problem);
+MINFER_API minfer_status minfer_validate_problem(const minfer_pattern* pattern, const minfer_problem* problem);
 
 /* Bytes of device workspace one launch needs for this pattern and problem (the worst case over
  * inputs, so a plugin can size it at build time for the profile's largest shape). */
-minfer_status minfer_workspace_size(const minfer_pattern* pattern, const minfer_problem* problem, size_t* bytes);
+MINFER_API minfer_status minfer_workspace_size(const minfer_pattern* pattern, const minfer_problem* problem, size_t* bytes);
 
 /* Index building and sparse attention for all heads of the layer, enqueued on `stream`.
  * q, k, v, out: device pointers; workspace: device memory of at least minfer_workspace_size bytes.
  * `stream` is a cudaStream_t. Asynchronous: errors of the kernels themselves surface at the next
  * synchronisation, launch errors are returned here. */
-minfer_status minfer_launch(const minfer_pattern* pattern, const minfer_problem* problem, const void* q,
+MINFER_API minfer_status minfer_launch(const minfer_pattern* pattern, const minfer_problem* problem, const void* q,
                             const void* k, const void* v, void* out, void* workspace, size_t workspace_bytes,
                             void* stream);
 
 /* The message of the last failed call on this thread ("" if none). */
-const char* minfer_last_error(void);
+MINFER_API const char* minfer_last_error(void);
 
-int32_t minfer_abi_version(void);
+MINFER_API int32_t minfer_abi_version(void);
+
+/* ---- Additions (stable from here on; the declarations above are unchanged). ---- */
+
+/* Most query heads one layer may have: the per-head pattern travels by value in the kernels'
+ * parameters (no host-to-device copy in a launch). */
+#define MINFER_MAX_HEADS 128
+
+/* Where the built indices live inside the workspace after minfer_launch, for tests and inspection.
+ * Offsets are in bytes from the workspace start, -1 where the layer has no head of that kind.
+ * Vertical-slash heads and block-sparse heads are numbered by "slot": their rank among the layer's
+ * heads of that kind, in head order. Arrays (C order):
+ *   column_scores, diagonal_scores  float32 [batch, vs_heads, seq_len]
+ *   columns    int32 [batch, vs_heads, columns_stride]   the selected columns, ascending (nv of them)
+ *   diagonals  int32 [batch, vs_heads, diagonals_stride] the selected diagonals, ascending (ns of them)
+ *   lags       int32 [batch, vs_heads, diagonals_stride] chunk lags, descending (lag_counts of them)
+ *   lag_counts int32 [batch, vs_heads]
+ *   held       uint32 [batch, vs_heads, held_words]      bit u+63 set iff a chunk holds u = start_m - key
+ *   pooled_q   float32 [batch, bs_heads, num_blocks, head_dim]
+ *   pooled_k   float32 [batch, num_kv_heads, num_blocks, head_dim]
+ *   blocks     int32 [batch, bs_heads, num_blocks, blocks_stride] key blocks per query block,
+ *              ascending, -1 padded (the reference's block_sparse_select) */
+typedef struct minfer_index_layout {
+  int64_t vs_heads, bs_heads, num_blocks;
+  int64_t columns_stride, diagonals_stride, held_words, blocks_stride;
+  int64_t column_scores, diagonal_scores, columns, diagonals, lags, lag_counts, held;
+  int64_t pooled_q, pooled_k, blocks;
+  int64_t total_bytes; /* == minfer_workspace_size */
+} minfer_index_layout;
+
+MINFER_API minfer_status minfer_index_layout_of(const minfer_pattern* pattern, const minfer_problem* problem,
+                                     minfer_index_layout* layout);
+
+/* The key tiles the attention kernel computes for chosen work items, written by the kernel's own tile
+ * generator (run after minfer_launch on the same workspace). items: device int32 [num_items, 3]
+ * (batch, query head, query block). tile_keys: device int32 [num_items, max_tiles, 64], each tile's
+ * 64 key positions (chunks: start..start+63, possibly outside [0, S); columns: ascending, -1 padded).
+ * tile_counts: device int32 [num_items], the full count even where it exceeds max_tiles. */
+MINFER_API minfer_status minfer_debug_tiles(const minfer_pattern* pattern, const minfer_problem* problem,
+                                 const void* workspace, size_t workspace_bytes, const int32_t* items,
+                                 int64_t num_items, int32_t max_tiles, int32_t* tile_keys,
+                                 int32_t* tile_counts, void* stream);
+
+/* The pooled block scores the block-sparse selection ranked, computed by the selection's own device
+ * code: float32 [batch, bs_heads, num_blocks, num_blocks], entry [m, n] for n < m (others 0). */
+MINFER_API minfer_status minfer_debug_block_scores(const minfer_pattern* pattern, const minfer_problem* problem,
+                                        const void* workspace, size_t workspace_bytes, float* scores,
+                                        void* stream);
+
+/* The PTX and binary versions (e.g. 80, 90) of the attention kernel the driver loaded for the current
+ * device: ptx_version 80 on an H100 means the sm_80 code path runs from JIT-compiled compute_80 PTX
+ * (set CUDA_FORCE_PTX_JIT=1 to force that). */
+MINFER_API minfer_status minfer_kernel_versions(int32_t* ptx_version, int32_t* binary_version);
 
 #ifdef __cplusplus
 }

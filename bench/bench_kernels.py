@@ -1,0 +1,212 @@
+"""Kernel benchmark: one Llama-3-8B-shaped layer, sparse kernels against the best dense SDPA, one run.
+
+Workload (issue 6): 32 query heads, 8 KV heads, head_dim 128, bf16, batch 1, the per-head budgets of
+layer 16 of MInference's Llama_3_8B_Instruct_262k config, index building included, on (a) the pinned
+LLM-like inputs (minfer.patterns.planted.llm_like_qk) and (b) i.i.d. random Q/K/V. Every sparse call
+goes through the C ABI exactly as the TensorRT plugin's enqueue does. Per row: the fraction of dense
+causal work the tiles select (counted by the attention kernel's own tile generator), time, speedup
+over the best of cuDNN and flash SDPA (same run, same GPU), TFLOP/s on the tiles computed (attention
+kernel time, from the profiler), the share of time spent building indices, and the workspace.
+
+    python bench/bench_kernels.py --out out/bench.md        # (on the GPU; see bench/device.sh)
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from minfer.patterns.config import load_config
+from minfer.patterns.planted import llm_like_qk
+from minfer.patterns.spec import HeadPattern
+from minfer.runtime import kernels
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_NAME = "Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json"
+CONFIG_PLACES = (REPO / ".carry" / "minference-configs", REPO.parent / "shared" / "data" / "minference-configs")
+HQ, HKV, D = 32, 8, 128
+SCALE = D**-0.5
+DENSE_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
+console = Console()
+
+
+def layer_patterns(config: Path | None, layer: int) -> list[HeadPattern]:
+    path = config or next((p / CONFIG_NAME for p in CONFIG_PLACES if (p / CONFIG_NAME).is_file()), None)
+    if path is None:
+        raise typer.BadParameter(f"{CONFIG_NAME} not found in {[str(p) for p in CONFIG_PLACES]}; pass --config")
+    return list(load_config(path).layers[layer])
+
+
+def make_inputs(family: str, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    if family == "llm-like":
+        q, k = llm_like_qk(HQ, HKV, seq_len, D, seed=seed, device="cuda", dtype=torch.bfloat16)
+        q, k = q[None], k[None]
+    else:
+        q = torch.randn(1, HQ, seq_len, D, generator=gen, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(1, HKV, seq_len, D, generator=gen, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(1, HKV, seq_len, D, generator=gen, device="cuda", dtype=torch.bfloat16)
+    return q, k, v
+
+
+def median_ms(fn: Callable[[], object], reps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def dense_ms(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str, reps: int) -> float:
+    """Causal SDPA with GQA; K/V are expanded outside the timing where the backend lacks enable_gqa."""
+    with sdpa_kernel(DENSE_BACKENDS[backend]):
+        try:
+            torch.nn.functional.scaled_dot_product_attention(
+                q[:, :, :128], k[:, :, :128], v[:, :, :128], is_causal=True, enable_gqa=True
+            )
+            return median_ms(
+                lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+                reps,
+            )
+        except RuntimeError:
+            ke, ve = k.repeat_interleave(HQ // HKV, 1), v.repeat_interleave(HQ // HKV, 1)
+            ms = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, ke, ve, is_causal=True), reps)
+            del ke, ve
+            return ms
+
+
+class SparseLayer:
+    """One layer's launch through the C ABI, with its workspace allocated once (as the plugin does)."""
+
+    def __init__(self, library: kernels.KernelLibrary, patterns: list[HeadPattern], q, k, v) -> None:
+        self.library, self.q, self.k, self.v = library, q, k, v
+        self.pattern = kernels.PatternArgs.of_heads(patterns, SCALE)
+        self.problem = kernels.Problem.of(q, k)
+        self.workspace_bytes = library.workspace_size(self.pattern, self.problem)
+        self.workspace = torch.empty(max(self.workspace_bytes, 16), dtype=torch.uint8, device="cuda")
+        self.out = torch.empty_like(q)
+        self.stream = torch.cuda.current_stream().cuda_stream
+
+    def __call__(self) -> None:
+        self.library.launch(self.pattern, self.q, self.k, self.v, self.out, self.workspace, self.stream)
+
+    def tiles(self) -> int:
+        """64x64 tiles the attention kernel computes, counted by its own tile generator."""
+        nb, heads = self.problem.seq_len // 64 + (self.problem.seq_len % 64 > 0), self.problem.num_q_heads
+        m, h = torch.meshgrid(torch.arange(nb), torch.arange(heads), indexing="ij")
+        items = torch.stack([torch.zeros_like(m), h, m], dim=-1).reshape(-1, 3)
+        _, counts = self.library.debug_tiles(self.pattern, self.problem, self.workspace, items, 0, self.stream)
+        return int(counts.long().sum())
+
+    def kernel_ms(self) -> tuple[float, float]:
+        """(index building, attention) GPU time of one call, from the profiler's kernel records."""
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            self()
+            torch.cuda.synchronize()
+        index = attention = 0.0
+        for event in prof.key_averages():
+            if "minfer::" not in event.key:
+                continue
+            if "attention_kernel" in event.key:
+                attention += event.device_time_total / 1e3
+            else:
+                index += event.device_time_total / 1e3
+        return index, attention
+
+
+def main(
+    lengths: Annotated[str, typer.Option(help="comma-separated S")] = "131072,262144,524288,1048576",
+    families: Annotated[
+        str, typer.Option(help="input families, iid first (it reuses the dense run's inputs)")
+    ] = "iid,llm-like",
+    dense: Annotated[str, typer.Option(help="dense SDPA backends (the faster is the baseline)")] = "cudnn,flash",
+    layer: Annotated[int, typer.Option(help="layer of the MInference config")] = 16,
+    config: Annotated[Path | None, typer.Option(help=f"path of {CONFIG_NAME}")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the markdown table here")] = None,
+) -> None:
+    library = kernels.load_library()
+    patterns = layer_patterns(config, layer)
+    seqs = [int(s) for s in lengths.split(",")]
+    if "iid" in families.split(",")[1:]:
+        raise typer.BadParameter("put iid first: it reuses the dense run's inputs")
+    rows = []
+    device = torch.cuda.get_device_name()
+    with Progress(console=console) as progress:
+        task = progress.add_task("benchmark", total=len(seqs) * (1 + len(families.split(","))))
+        for seq in seqs:
+            scale_reps = max(1, round(4 * (131072 / seq)))
+            q, k, v = make_inputs("iid", seq, seed=1)
+            dense_times = {name: dense_ms(q, k, v, name, reps=scale_reps) for name in dense.split(",")}
+            best_name = min(dense_times, key=dense_times.get)
+            progress.advance(task)
+            for family in families.split(","):
+                if family != "iid":  # the dense run's inputs are the i.i.d. family
+                    del q, k, v
+                    torch.cuda.empty_cache()
+                    q, k, v = make_inputs(family, seq, seed=2)
+                layer_run = SparseLayer(library, patterns, q, k, v)
+                total = median_ms(layer_run, reps=2 * scale_reps + 1)
+                index_ms, attention_ms = layer_run.kernel_ms()
+                tiles = layer_run.tiles()
+                flops = tiles * 4 * 64 * 64 * D
+                dense_flops = 2 * seq * seq * D * HQ
+                rows.append(
+                    {
+                        "S": seq,
+                        "family": family,
+                        "fraction": flops / dense_flops,
+                        "sparse_ms": total,
+                        "dense": dense_times,
+                        "best": best_name,
+                        "speedup": dense_times[best_name] / total,
+                        "tflops": flops / attention_ms / 1e9,
+                        "index_share": index_ms / (index_ms + attention_ms),
+                        "index_ms": index_ms,
+                        "workspace_mib": layer_run.workspace_bytes / 2**20,
+                    }
+                )
+                console.print(rows[-1])
+                del layer_run
+                progress.advance(task)
+            del q, k, v
+            torch.cuda.empty_cache()
+    table = render(rows, device)
+    console.print(table)
+    if out:
+        out.write_text(table)
+
+
+def render(rows: list[dict], device: str) -> str:
+    lines = [
+        f"Device: {device}. Dense: torch SDPA (cuDNN and flash backends; speedup against the faster), causal, GQA.",
+        "",
+        "| S | inputs | selected (of dense) | sparse ms | cuDNN ms | flash ms | speedup | TFLOP/s on tiles | index share | index ms | workspace MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        dense = r["dense"]
+        lines.append(
+            f"| {r['S'] // 1024}K | {r['family']} | {100 * r['fraction']:.1f}% | {r['sparse_ms']:.1f} | "
+            f"{dense.get('cudnn', float('nan')):.0f} | {dense.get('flash', float('nan')):.0f} | "
+            f"{r['speedup']:.1f}x | {r['tflops']:.0f} | {100 * r['index_share']:.1f}% | {r['index_ms']:.1f} | "
+            f"{r['workspace_mib']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    typer.run(main)
