@@ -136,7 +136,7 @@ class HeadIndex:
             row = self.blocks[m]
             return row[row >= 0] * BLOCK
         lags = self.lags[self.lags < start + BLOCK]
-        return torch.flip(start - lags, dims=[0])
+        return start - lags  # lags descend, so starts ascend
 
     def block_columns(self, m: int) -> torch.Tensor:
         """Gathered single-key columns of query block m that no chunk holds, ascending."""

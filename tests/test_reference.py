@@ -130,6 +130,8 @@ def test_index_attention_equals_brute_force_mask(seq_len: int, pattern: HeadPatt
     for m in range(index.num_blocks):
         keys = index.block_keys(m)
         assert keys.unique().numel() == keys.numel(), "a key is counted twice"
+        starts = index.chunk_starts(m)
+        assert torch.equal(starts, starts.sort().values), "chunk starts must ascend (the kernels' order)"
         rows = torch.arange(m * BLOCK, min(m * BLOCK + BLOCK, seq_len))
         selected = torch.zeros(rows.numel(), seq_len, dtype=torch.bool)
         allowed = index.token_rule(rows[:, None], keys[None, :])
