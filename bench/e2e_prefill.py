@@ -15,8 +15,9 @@ Q/K projections are given the structure of the pinned "LLM-like" benchmark famil
 
 Only the last position is projected to the vocabulary (`logits_to_keep=1`) and no KV cache is kept
 (all 32 layers at 1M would need 128 GB): the time is the pre-fill of the prompt to the first token's
-logits. Where a dense run would exceed the time or memory at hand, it runs on fewer layers (1 and 2),
-and the per-layer time (t2 - t1) is extrapolated to 32 layers: t1 + 31 * (t2 - t1); the table says so.
+logits. Where a dense run would exceed the time at hand (beyond --full-dense-max), it runs on 1 and 2
+layers and the per-layer time (t2 - t1) is extrapolated to 32 layers: t1 + 31 * (t2 - t1); the table
+says so.
 """
 
 from __future__ import annotations
@@ -127,8 +128,32 @@ def time_prefill(model: LlamaForCausalLM, ids: torch.Tensor, repeats: int) -> tu
 
 
 def _truncate(model: LlamaForCausalLM, layers: torch.nn.ModuleList, n: int) -> None:
+    """Keep the first n decoder layers (patching covers all of them, the config follows)."""
     model.model.layers = layers[:n]
     model.config.num_hidden_layers = n
+
+
+def measure(model: LlamaForCausalLM, layers: torch.nn.ModuleList, ids: torch.Tensor, full: bool, repeats: int) -> dict:
+    """Time the pre-fill of all layers, or of 1 and 2 layers extrapolated to all (t1 + (L-1) * (t2 - t1)).
+
+    A 1-layer run at the same length comes first as warm-up: it builds cuDNN's plan for the shape
+    and grows the allocator's pool, neither of which belongs in the time.
+    """
+    _truncate(model, layers, 1)
+    time_prefill(model, ids, 1)
+    if full:
+        _truncate(model, layers, len(layers))
+        t, peak = time_prefill(model, ids, repeats)
+        return {"s": t, "extrapolated": False, "peak_gib": peak}
+    t1, peak1 = time_prefill(model, ids, repeats)
+    _truncate(model, layers, 2)
+    t2, peak2 = time_prefill(model, ids, repeats)
+    return {
+        "s": t1 + (len(layers) - 1) * (t2 - t1),
+        "extrapolated": True,
+        "per_layer_s": t2 - t1,
+        "peak_gib": max(peak1, peak2),  # no KV cache is kept, so the peak does not grow with the layers
+    }
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -140,17 +165,17 @@ def run(args: argparse.Namespace) -> list[dict]:
     model = build_model(shape, device)
     all_layers = model.model.layers
     rows = []
-    warm = prompt(min(8192, min(args.lengths)), model.config.vocab_size, model.device)
     for length in args.lengths:
         ids = prompt(length, model.config.vocab_size, model.device)
         repeats = 3 if length <= 262144 else 1
         row: dict = {"S": length}
         # sparse: all 32 layers, MInference's per-layer, per-head budgets
-        _truncate(model, all_layers, 32)
         minfer.patch(model, patterns, chunk_size=args.chunk)
-        time_prefill(model, warm, 1)
-        row["sparse_s"], row["sparse_peak_gib"] = time_prefill(model, ids, repeats)
-        minfer.unpatch(model)
+        try:
+            result = measure(model, all_layers, ids, True, repeats)
+        finally:
+            minfer.unpatch(model)
+        row["sparse_s"], row["sparse_peak_gib"] = result["s"], result["peak_gib"]
         print(json.dumps(row), flush=True)
         for backend in args.backends:
             sdpa = {
@@ -160,27 +185,15 @@ def run(args: argparse.Namespace) -> list[dict]:
             chunked = chunk_per_token_modules(model, args.chunk)  # the same memory savings as the sparse run
             try:
                 with torch.nn.attention.sdpa_kernel([sdpa]):
-                    if length <= args.full_dense_max:
-                        _truncate(model, all_layers, 32)
-                        time_prefill(model, warm, 1)
-                        t, peak = time_prefill(model, ids, repeats)
-                        row[f"{backend}_s"], row[f"{backend}_extrapolated"] = t, False
-                    else:
-                        _truncate(model, all_layers, 1)
-                        time_prefill(model, warm, 1)
-                        t1, peak = time_prefill(model, ids, 1)
-                        _truncate(model, all_layers, 2)
-                        t2, peak = time_prefill(model, ids, 1)
-                        row[f"{backend}_s"], row[f"{backend}_extrapolated"] = t1 + 31 * (t2 - t1), True
-                        row[f"{backend}_per_layer_s"] = t2 - t1
-                    row[f"{backend}_peak_gib"] = peak
+                    result = measure(model, all_layers, ids, length <= args.full_dense_max, repeats)
+                row.update({f"{backend}_{key}": value for key, value in result.items()})
             except RuntimeError as e:  # a backend that cannot run this shape: say so, do not guess
                 row[f"{backend}_error"] = str(e).splitlines()[0][:200]
             finally:
                 restore_forwards(chunked)
+                _truncate(model, all_layers, len(all_layers))
             print(json.dumps(row), flush=True)
         rows.append(row)
-    _truncate(model, all_layers, 32)
     return rows
 
 

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One command on the GPU machine: build the native code, run every GPU test, compute-sanitizer at small
+# sizes, the kernel benchmark, the pattern-search timing and the end-to-end pre-fill benchmark.
+# Stages (comma-separated): all (= build,test,sanitize,bench), build, test, sanitize, bench, search, e2e,
+# profile (ncu). Logs go to $OUT. BENCH_ARGS, E2E_ARGS and PYTEST_ARGS pass options on.
+# Example (device tool, with carry [".whl", ".carry"]): bash bench/device.sh build,test,search,e2e
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT" /tmp/minfer-path
+ln -sfn "$PWD" /tmp/minfer-path/minfer  # the repository root is the package `minfer`
+export PYTHONPATH=/tmp/minfer-path${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+wheels=$(ls .whl/*.whl 2>/dev/null)
+if [[ -n $wheels ]]; then  # what the GPU image lacks (../shared/gpu/README.md): graphsurgeon, polygraphy, typer, ...
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/minfer-site $wheels \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/minfer-site
+fi
+stages=${1:-all}
+has() { [[ ($stages == all && $1 != profile) || ,$stages, == *,$1,* ]]; }
+status=0
+
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
+if has build || [[ ! -f build/libminfer_kernels.so ]]; then
+  start=$(date +%s)
+  { cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release && cmake --build build -j "$(nproc)"; } >"$OUT/build.log" 2>&1 \
+    || { tail -40 "$OUT/build.log"; exit 1; }
+  echo "build: $(($(date +%s) - start)) s"
+  # the A100 path as PTX only, JIT-compiled on this GPU by tests/test_kernels_gpu.py::test_sm80_path_from_ptx
+  { cmake -S . -B build-ptx80 -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      "-DMINFER_CUDA_GENCODE=-gencode=arch=compute_80,code=compute_80" && cmake --build build-ptx80 -j "$(nproc)" \
+      --target minfer_kernels; } >"$OUT/build-ptx80.log" 2>&1 || { tail -40 "$OUT/build-ptx80.log"; exit 1; }
+fi
+if has test; then
+  python -m pytest -q -rs -m gpu --durations=10 tests/ ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -25
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
+if has sanitize; then
+  for tool in memcheck racecheck synccheck initcheck; do
+    compute-sanitizer --tool "$tool" --error-exitcode 9 --target-processes all \
+      python -m pytest -q -x tests/test_kernels_gpu.py -k "small_matrix and (65-4-128-torch.bfloat16 or 1000-8-64-torch.float16)" \
+      >"$OUT/sanitize-$tool.log" 2>&1
+    rc=$?
+    echo "compute-sanitizer $tool: exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize-$tool.log" | tail -1); $(grep -E 'passed|failed' "$OUT/sanitize-$tool.log" | tail -1)"
+    [[ $rc == 0 ]] || { status=1; grep -m5 -A12 '=========' "$OUT/sanitize-$tool.log" | head -40; }
+  done
+fi
+if has bench; then
+  python bench/bench_kernels.py ${BENCH_ARGS:-} --out "$OUT/bench.md" 2>&1 | tee "$OUT/bench.log" | tail -40
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
+if has search; then  # issue 5: one 8B-shaped layer at 128K
+  timeout "${SEARCH_TIMEOUT:-420}" python bench/search_timing.py --seq-len 131072 --device cuda --cpu-threads "$(nproc)" ${SEARCH_ARGS:-} 2>&1 \
+    | tee "$OUT/search.log" | grep -v "heads (" | tail -8
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
+if has e2e; then  # issue 7: the 8B-shaped model, sparse against dense SDPA
+  python bench/e2e_prefill.py --patterns "${E2E_PATTERNS:-.carry/minference-configs/Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json}" \
+    --out "$OUT/e2e.json" ${E2E_ARGS:-} 2>&1 | tee "$OUT/e2e.log" | tail -20
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
+if has profile; then  # Nsight Compute on the attention kernel at 128K, i.i.d. inputs (stall reasons, throughput)
+  ncu --kernel-name regex:attention_kernel --launch-count 1 --set full -o "$OUT/attention-128k" \
+    python bench/bench_kernels.py --lengths 131072 --families iid --dense cudnn >"$OUT/ncu.log" 2>&1
+  ncu --import "$OUT/attention-128k.ncu-rep" --page details --print-units base 2>/dev/null \
+    | grep -E "Duration|Registers|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|L2 Hit|Warp Cycles Per Issued|Stall|Block Limit" | head -40
+fi
+exit $status
