@@ -168,7 +168,7 @@ def test_dense_only_layer_needs_no_workspace(library: kernels.KernelLibrary) -> 
 def test_launch_refuses_bad_arguments_before_touching_the_gpu(library: kernels.KernelLibrary) -> None:
     pattern = kernels.PatternArgs.of_heads(LAYER, 0.1)
     problem = kernels.Problem(1, 8, 2, 1000, 128, 1)
-    raw = kernels._Problem(**vars(problem))
+    raw = kernels.ProblemStruct(**vars(problem))
     status = library.lib.minfer_launch(ctypes.byref(pattern.struct), ctypes.byref(raw), 16, 16, 16, 16, 16, 0, None)
     assert status == 3
     assert library.lib.minfer_last_error().decode().startswith("workspace of 0 bytes is smaller than the ")
