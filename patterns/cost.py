@@ -21,7 +21,7 @@ from functools import cache
 
 import numpy as np
 
-from .indices import dense_tiles, num_blocks
+from .indices import dense_tiles, num_blocks, vertical_slash_counts
 from .spec import BLOCK, HeadPattern, Kind
 
 
@@ -39,8 +39,7 @@ def head_tiles(pattern: HeadPattern, seq_len: int) -> int:
         sink_blocks = np.minimum(num_blocks(pattern.sink) if pattern.sink > 0 else 0, m + 1)
         first_local = np.maximum(m * BLOCK - pattern.local + 1, 0) // BLOCK
         return int((m - first_local + 1 + np.minimum(sink_blocks, first_local)).sum())
-    verticals = min(seq_len, max(pattern.vertical_size, pattern.sink))
-    slashes = min(seq_len, max(pattern.slash_size, pattern.local))
+    verticals, slashes = vertical_slash_counts(pattern, seq_len)
     keys = np.minimum((m + 1) * BLOCK, seq_len)
     chunks = np.minimum(slashes, m + 1)
     held = np.where(chunks >= 2, BLOCK * (chunks - 2) + 2, chunks)
@@ -55,9 +54,7 @@ def nominal_head_tiles(pattern: HeadPattern, seq_len: int) -> int:
         return head_tiles(pattern, seq_len)
     m = np.arange(num_blocks(seq_len), dtype=np.int64)
     keys = np.minimum((m + 1) * BLOCK, seq_len)
-    budget = min(seq_len, max(pattern.vertical_size, pattern.sink)) + min(
-        seq_len, max(pattern.slash_size, pattern.local)
-    )
+    budget = sum(vertical_slash_counts(pattern, seq_len))
     return int(np.minimum(-(-np.minimum(budget, keys) // BLOCK), m + 1).sum())
 
 

@@ -166,6 +166,15 @@ class HeadIndex:
         )
 
 
+def vertical_slash_counts(pattern: HeadPattern, seq_len: int) -> tuple[int, int]:
+    """Columns and diagonals a vertical-slash head keeps at seq_len, as `top_with_forced` selects them:
+    the budgets, raised to the forced sink columns and local diagonals, capped at S."""
+    return (
+        min(seq_len, max(pattern.vertical_size, pattern.sink)),
+        min(seq_len, max(pattern.slash_size, pattern.local)),
+    )
+
+
 def dense_tiles(seq_len: int) -> int:
     """Tiles of dense causal attention (block diagonal included)."""
     nb = num_blocks(seq_len)

@@ -47,6 +47,7 @@ from .indices import (
     num_blocks,
     pooled_block_scores,
     top_with_forced,
+    vertical_slash_counts,
     vertical_slash_scores,
 )
 from .spec import BLOCK, HeadPattern, Kind, PatternError, validate_shapes
@@ -104,8 +105,7 @@ def _effective(p: HeadPattern, seq_len: int, nb: int) -> tuple:
     if p.kind == Kind.VERTICAL_SLASH:
         return (
             p.kind,
-            min(seq_len, max(p.vertical_size, p.sink)),
-            min(seq_len, max(p.slash_size, p.local)),
+            *vertical_slash_counts(p, seq_len),
             min(p.last_q, seq_len),
             min(p.sink, seq_len),
             min(p.local, seq_len),

@@ -32,6 +32,7 @@ from minfer.patterns.indices import (
     num_blocks,
     pooled_block_scores,
     top_with_forced,
+    vertical_slash_counts,
     vertical_slash_scores,
 )
 from minfer.patterns.reference import attention_over_index
@@ -117,8 +118,7 @@ class LayerRun:
             blocks = _section(self.workspace, L["blocks"], B * L["bs_heads"] * nb * L["blocks_stride"], torch.int32)
             blocks = blocks.view(B, L["bs_heads"], nb, L["blocks_stride"])[b, slot, :, : min(pat.top_k, nb)]
             return HeadIndex(Kind.BLOCK_SPARSE, S, blocks=blocks.cpu().long()), {}
-        nv = min(S, max(pat.vertical_size, pat.sink))
-        ns = min(S, max(pat.slash_size, pat.local))
+        nv, ns = vertical_slash_counts(pat, S)
         columns = self.vs_arrays("columns", L["columns_stride"], torch.int32)[b, slot, :nv].long()
         diagonals = self.vs_arrays("diagonals", L["diagonals_stride"], torch.int32)[b, slot, :ns].long()
         count = int(self.vs_arrays("lag_counts", 1, torch.int32)[b, slot, 0])

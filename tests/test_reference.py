@@ -19,6 +19,7 @@ from minfer.patterns.indices import (
     dense_tiles,
     pooled_block_scores,
     top_with_forced,
+    vertical_slash_counts,
     vertical_slash_scores,
 )
 from minfer.patterns.reference import attention_over_index, dense_causal_attention, sparse_prefill_attention
@@ -220,6 +221,16 @@ def test_extreme_logits_and_fully_masked_rows_give_no_nan() -> None:
     empty = HeadIndex(Kind.A_SHAPE, 140, sink=0, local=0)
     out = attention_over_index(q[0, 0], k[0, 0], v[0, 0], empty, 1.0)
     assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("seq_len", [1, 5, 63, 64, 65, 130, 257])
+def test_vertical_slash_counts_are_what_the_index_keeps(seq_len: int) -> None:
+    """The cost model and the search size vertical-slash heads with this rule, without building an index."""
+    q, k = torch.randn(seq_len, 64, dtype=torch.float64), torch.randn(seq_len, 64, dtype=torch.float64)
+    for pattern in PATTERNS:
+        if pattern.kind == Kind.VERTICAL_SLASH:
+            index = build_head_index(q, k, pattern, 0.125)
+            assert vertical_slash_counts(pattern, seq_len) == (index.columns.numel(), index.diagonals.numel())
 
 
 def test_stages_follow_the_spec_on_a_hand_made_example() -> None:
