@@ -56,7 +56,7 @@ def tiny_model(
     seed: int = 0,
     **config_overrides: object,
 ) -> nn.Module:
-    """A small randomly initialised decoder of a real architecture (no download)."""
+    """A small randomly initialised decoder of a real architecture (no download); `config_overrides` win."""
     configs = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "phi3": Phi3Config}
     if family not in configs:
         raise ExportError(f"unknown model family {family!r}; expected one of {TINY_FAMILIES}")
@@ -64,14 +64,8 @@ def tiny_model(
     if family == "phi3":  # Phi-3 derives head_dim from the hidden size
         shape = {**shape, "hidden_size": num_heads * head_dim}
         shape.pop("head_dim")
-    config = configs[family](
-        **{**TINY, **shape},
-        max_position_embeddings=4096,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        **{"sliding_window": None, **config_overrides},
-    )
+    ids = {"max_position_embeddings": 4096, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    config = configs[family](**{**TINY, **shape, **ids, "sliding_window": None, **config_overrides})
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config).eval()

@@ -4,37 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    Phi3Config,
-    Phi3ForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
 
 import minfer
+from minfer.export import hf
 from minfer.patterns.config import PatternConfig, default_config
 from minfer.patterns.reference import sparse_prefill_attention
 from minfer.patterns.spec import HeadPattern, PatternError
 from minfer.runtime import patch as patch_module
 
-TINY = {
-    "hidden_size": 256,
-    "intermediate_size": 256,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 256,
-}
-MODELS = {
-    "llama": (LlamaConfig, LlamaForCausalLM, {}),
-    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": None}),
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
-    "phi3": (Phi3Config, Phi3ForCausalLM, {"pad_token_id": 0}),
-}
 SPARSE_LAYER = (
     HeadPattern.vertical_slash(8, 8, sink=2, local=4),
     HeadPattern.a_shape(sink=2, local=16),
@@ -44,12 +21,10 @@ SPARSE_LAYER = (
 
 
 def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
-    config_cls, model_cls, extra = MODELS[arch]
-    torch.manual_seed(seed)
-    return model_cls(config_cls(**TINY, **extra)).eval()
+    return hf.tiny_model(arch, num_heads=4, num_kv_heads=2, head_dim=64, hidden_size=256, seed=seed)
 
 
-@pytest.mark.parametrize("arch", sorted(MODELS))
+@pytest.mark.parametrize("arch", hf.TINY_FAMILIES)
 @torch.no_grad()
 def test_dense_config_keeps_logits(arch: str) -> None:
     model = tiny_model(arch)
