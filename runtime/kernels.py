@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..patterns.spec import PER_HEAD_FIELDS, HeadPattern, PatternError
+from .loading import BUILD_DIR
 
 LIBRARY_ENV = "MINFER_KERNELS_LIB"
 LIBRARY_NAME = "libminfer_kernels.so"
@@ -257,7 +258,7 @@ class KernelLibrary:
 def library_path() -> Path:
     """Where the library is looked for: $MINFER_KERNELS_LIB, else <repo>/build/libminfer_kernels.so."""
     env = os.environ.get(LIBRARY_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "build" / LIBRARY_NAME
+    return Path(env) if env else BUILD_DIR / LIBRARY_NAME
 
 
 @cache
