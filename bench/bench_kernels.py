@@ -137,8 +137,12 @@ def main(
     layer: Annotated[int, typer.Option(help="layer of the MInference config")] = 16,
     config: Annotated[Path | None, typer.Option(help=f"path of {CONFIG_NAME}")] = None,
     out: Annotated[Path | None, typer.Option(help="write the markdown table here")] = None,
+    compare_library: Annotated[
+        Path | None, typer.Option(help="another build of libminfer_kernels.so, timed on the same inputs (before/after)")
+    ] = None,
 ) -> None:
     library = kernels.load_library()
+    other = kernels.KernelLibrary(compare_library) if compare_library else None
     patterns = layer_patterns(config, layer)
     seqs = [int(s) for s in lengths.split(",")]
     if "iid" in families.split(",")[1:]:
@@ -160,6 +164,9 @@ def main(
                     q, k, v = make_inputs(family, seq, seed=2)
                 layer_run = SparseLayer(library, patterns, q, k, v)
                 total = median_ms(layer_run, reps=2 * scale_reps + 1)
+                compared_ms = (
+                    median_ms(SparseLayer(other, patterns, q, k, v), reps=2 * scale_reps + 1) if other else None
+                )
                 index_ms, attention_ms = layer_run.kernel_ms()
                 tiles = layer_run.tiles()
                 flops = tiles * 4 * 64 * 64 * D
@@ -177,6 +184,7 @@ def main(
                         "index_share": index_ms / (index_ms + attention_ms),
                         "index_ms": index_ms,
                         "workspace_mib": layer_run.workspace_bytes / 2**20,
+                        "compared_ms": compared_ms,
                     }
                 )
                 console.print(rows[-1])
@@ -184,18 +192,20 @@ def main(
                 progress.advance(task)
             del q, k, v
             torch.cuda.empty_cache()
-    table = render(rows, device)
+    table = render(rows, device, compare_library)
     console.print(table)
     if out:
         out.write_text(table)
 
 
-def render(rows: list[dict], device: str) -> str:
+def render(rows: list[dict], device: str, compare_library: Path | None = None) -> str:
+    compared = f" | {compare_library} ms" if compare_library else ""
     lines = [
         f"Device: {device}. Dense: torch SDPA (cuDNN and flash backends; speedup against the faster), causal, GQA.",
         "",
-        "| S | inputs | selected (of dense) | sparse ms | cuDNN ms | flash ms | speedup | TFLOP/s on tiles | index share | index ms | workspace MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| S | inputs | selected (of dense) | sparse ms | cuDNN ms | flash ms | speedup | TFLOP/s on tiles | index share "
+        f"| index ms | workspace MiB{compared} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if compare_library else ""),
     ]
     for r in rows:
         dense = r["dense"]
@@ -203,7 +213,7 @@ def render(rows: list[dict], device: str) -> str:
             f"| {r['S'] // 1024}K | {r['family']} | {100 * r['fraction']:.1f}% | {r['sparse_ms']:.1f} | "
             f"{dense.get('cudnn', float('nan')):.0f} | {dense.get('flash', float('nan')):.0f} | "
             f"{r['speedup']:.1f}x | {r['tflops']:.0f} | {100 * r['index_share']:.1f}% | {r['index_ms']:.1f} | "
-            f"{r['workspace_mib']:.0f} |"
+            f"{r['workspace_mib']:.0f} |" + (f" {r['compared_ms']:.1f} |" if compare_library else "")
         )
     return "\n".join(lines) + "\n"
 

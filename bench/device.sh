@@ -58,9 +58,9 @@ if has e2e; then  # issue 7: the 8B-shaped model, sparse against dense SDPA
     --out "$OUT/e2e.json" ${E2E_ARGS:-} 2>&1 | tee "$OUT/e2e.log" | tail -20
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
-if has profile; then  # Nsight Compute on the attention kernel at 128K, i.i.d. inputs (stall reasons, throughput)
+if has profile; then  # Nsight Compute on the attention kernel (PROFILE_FAMILY, PROFILE_LENGTH; default i.i.d. at 128K)
   ncu --kernel-name regex:attention_kernel --launch-count 1 --set full -o "$OUT/attention-128k" \
-    python bench/bench_kernels.py --lengths 131072 --families iid --dense cudnn >"$OUT/ncu.log" 2>&1
+    python bench/bench_kernels.py --lengths "${PROFILE_LENGTH:-131072}" --families "${PROFILE_FAMILY:-iid}" --dense cudnn >"$OUT/ncu.log" 2>&1
   ncu --import "$OUT/attention-128k.ncu-rep" --page details --print-units base 2>/dev/null \
     | grep -E "Duration|Registers|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|L2 Hit|Warp Cycles Per Issued|Stall|Block Limit" | head -40
 fi

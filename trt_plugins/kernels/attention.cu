@@ -1,6 +1,8 @@
-// The sparse attention forward: one CTA per (batch, query head, query block), all heads of the layer in
-// one launch, FlashAttention-2 style (online softmax in fp32 over 64-key tiles, K/V double-buffered with
-// cp.async, mma.sync m16n8k16), over the tiles TileSource yields.
+// The sparse attention forward: one CTA per (batch, query head, pair of query blocks), all heads of the layer
+// in one launch, FlashAttention-2 style (online softmax in fp32 over 64-key tiles, K/V double-buffered with
+// cp.async, mma.sync m16n8k16), over the tiles PairSchedule yields. A chunk both blocks of the pair hold is
+// loaded once and computed for both. One barrier per tile: chunk tiles are scheduled in registers, and the
+// next tile's loads go out right after the barrier that frees its buffers (docs/kernels.md).
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -12,16 +14,15 @@
 namespace minfer {
 namespace {
 
-// Q is staged through V's second buffer (it lives in registers once loaded), so a CTA needs 4 tiles of
-// shared memory and three CTAs fit on an SM at head_dim 128.
+// Each warp keeps 16 rows of both query blocks, so Q stays in shared memory and is read per k-step.
 template <int D>
 struct AttentionSmem {
-  static constexpr int kK = 0;                              // two stages
-  static constexpr int kV = kK + 2 * Tile<D>::kBytes;       // two stages; stage 1 first holds Q
-  static constexpr int kKeys = kV + 2 * Tile<D>::kBytes;    // int[2][64]
-  static constexpr int kFlags = kKeys + 2 * kBlock * 4;     // int[2]
-  static constexpr int kSource = kFlags + 16;               // TileSource
-  static constexpr int kBytes = kSource + int(sizeof(TileSource));
+  static constexpr int kK = 0;                            // two stages
+  static constexpr int kV = kK + 2 * Tile<D>::kBytes;     // two stages
+  static constexpr int kQ = kV + 2 * Tile<D>::kBytes;     // the pair's two query blocks
+  static constexpr int kKeys = kQ + 2 * Tile<D>::kBytes;  // int[2][64]
+  static constexpr int kSource = kKeys + 2 * kBlock * 4;  // PairSource
+  static constexpr int kBytes = kSource + int(sizeof(PairSource));
 };
 
 __device__ __forceinline__ float fast_exp2(float x) {
@@ -30,81 +31,44 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, 3) attention_kernel(const __grid_constant__ LaunchParams p, const T* q,
-                                                                const T* k, const T* v, T* out, const char* ws) {
-  extern __shared__ __align__(128) char smem[];
-  using S = AttentionSmem<D>;
-  int b, h, m;
-  decode_work_item(p, blockIdx.x, b, h, m);
-  const HeadParams& hp = p.heads[h];
-  const int64_t seq = p.seq_len;
-  const int64_t start_m = int64_t(m) * kBlock;
-  const int kvh = h / p.group;
-  const T* q_head = q + (int64_t(b) * p.num_q_heads + h) * seq * D;
-  const T* k_head = k + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
-  const T* v_head = v + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
-  const uint32_t k_tiles = smem_addr(smem + S::kK), v_tiles = smem_addr(smem + S::kV);
-  int* keys = reinterpret_cast<int*>(smem + S::kKeys);
-  int* flags = reinterpret_cast<int*>(smem + S::kFlags);
-  TileSource& source = *reinterpret_cast<TileSource*>(smem + S::kSource);
-
-  // commit groups in flight are always (K, V) pairs of tiles, oldest first
-  load_row_range<T, D>(v_tiles + Tile<D>::kBytes, q_head, start_m, seq);
-  cp_async_commit();
-  if (threadIdx.x == 0) source.init(p, ws, b, h, m);
-  __syncthreads();
-  source.next(p, keys, flags);  // every query block has at least its diagonal chunk
-  load_rows<T, D>(k_tiles, k_head, keys, seq);
-  cp_async_commit();
-  load_rows<T, D>(v_tiles, v_head, keys, seq);
-  cp_async_commit();
-  cp_async_wait<2>();
-  __syncthreads();
-  uint32_t qa[D / 16][4];
-  load_q_fragments<D>(qa, v_tiles + Tile<D>::kBytes);
-  // (the next tile's loads into V's second buffer come after next()'s barrier)
-
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
-  const int64_t rows[2] = {start_m + 16 * warp + g, start_m + 16 * warp + g + 8};
-  const bool a_shape = hp.kind == MINFER_A_SHAPE;
+// One query block's share of this thread: its two rows' output accumulators and softmax statistics.
+template <int D>
+struct BlockRows {
   float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+  float row_max[2], row_sum[2];
+  int row0;  // this thread's rows are row0 and row0 + 8 (S <= 2^30)
 
-  for (int stage = 0;; stage ^= 1) {
-    // next() synchronises before it writes, so nobody still reads the buffers it and the loads overwrite
-    const bool more = source.next(p, keys + (stage ^ 1) * kBlock, flags + (stage ^ 1));
-    if (more) {
-      load_rows<T, D>(k_tiles + (stage ^ 1) * Tile<D>::kBytes, k_head, keys + (stage ^ 1) * kBlock, seq);
-      cp_async_commit();
-      load_rows<T, D>(v_tiles + (stage ^ 1) * Tile<D>::kBytes, v_head, keys + (stage ^ 1) * kBlock, seq);
-      cp_async_commit();
-      cp_async_wait<3>();  // this tile's K
-    } else {
-      cp_async_wait<1>();
-    }
-    const uint32_t k_tile = k_tiles + stage * Tile<D>::kBytes, v_tile = v_tiles + stage * Tile<D>::kBytes;
-    float s[32];
-    __syncthreads();
-    qk_tile<T, D>(s, qa, k_tile);
-    if (flags[stage]) {
-      const int* tile_keys = keys + stage * kBlock;
+  __device__ void init(int start_m) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    row0 = start_m + 16 * warp + (lane >> 2);
 #pragma unroll
-      for (int i = 0; i < 32; ++i) {
-        const int64_t key = tile_keys[8 * (i >> 2) + 2 * t4 + (i & 1)], row = rows[(i >> 1) & 1];
-        bool ok = key >= 0 && key <= row && key < seq;
-        if (a_shape) ok = ok && (key < hp.sink || row - key < hp.local);
-        if (!ok) s[i] = -INFINITY;
-      }
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    row_max[0] = row_max[1] = -INFINITY;
+    row_sum[0] = row_sum[1] = 0.f;
+  }
+
+  // The token rule on a tile's logits (key_of(j): the key of tile column j): causal, in range, A-shape window.
+  template <typename KeyOf>
+  __device__ void mask(float (&s)[32], KeyOf key_of, const HeadParams& hp, int seq) const {
+    const int t4 = threadIdx.x & 3;
+    const bool a_shape = hp.kind == MINFER_A_SHAPE;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      const int key = key_of(8 * (i >> 2) + 2 * t4 + (i & 1)), row = row0 + 8 * ((i >> 1) & 1);
+      bool ok = key >= 0 && key <= row && key < seq;
+      if (a_shape) ok = ok && (key < hp.sink || row - key < hp.local);
+      if (!ok) s[i] = -INFINITY;
     }
+  }
+
+  // Online softmax: turns the logits into probabilities against the new running max, rescales o.
+  __device__ void absorb(float (&s)[32], float scale_log2) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float tile_max = -INFINITY;
 #pragma unroll
       for (int n = 0; n < 8; ++n) tile_max = fmaxf(tile_max, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
-      tile_max = quad_max(tile_max) * p.scale_log2;
+      tile_max = quad_max(tile_max) * scale_log2;
       const float new_max = fmaxf(row_max[r], tile_max);
       const float base = new_max == -INFINITY ? 0.f : new_max;  // a row with nothing visible yet stays 0
       const float alpha = fast_exp2(row_max[r] - base);
@@ -114,7 +78,7 @@ __global__ void __launch_bounds__(kThreads, 3) attention_kernel(const __grid_con
       for (int n = 0; n < 8; ++n)
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
-          const float e = fast_exp2(fmaf(s[4 * n + 2 * r + c], p.scale_log2, -base));
+          const float e = fast_exp2(fmaf(s[4 * n + 2 * r + c], scale_log2, -base));
           s[4 * n + 2 * r + c] = e;
           sum += e;
         }
@@ -125,43 +89,127 @@ __global__ void __launch_bounds__(kThreads, 3) attention_kernel(const __grid_con
         o[4 * n + 2 * r + 1] *= alpha;
       }
     }
-    if (more) cp_async_wait<2>(); else cp_async_wait<0>();  // this tile's V
+  }
+
+  template <typename T>
+  __device__ void store(T* out_head, int seq) const {
+    const int t4 = threadIdx.x & 3;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float total = quad_sum(row_sum[r]);
+      const float inv = total > 0.f ? 1.f / total : 0.f;
+      const int row = row0 + 8 * r;
+      if (row >= seq) continue;
+      T* dst = out_head + int64_t(row) * D + 2 * t4;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+        *reinterpret_cast<uint32_t*>(dst + 8 * n) = MmaType<T>::pack(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
+    }
+  }
+};
+
+// K and V of one tile into a stage's buffers, as one commit group.
+template <typename T, int D>
+__device__ __forceinline__ void load_kv(uint32_t k_tile, uint32_t v_tile, const T* k_head, const T* v_head,
+                                        const TileDesc& tile, const int* keys, int64_t seq) {
+  if (tile.start == kGathered) {
+    load_rows<T, D>(k_tile, k_head, keys, seq);
+    load_rows<T, D>(v_tile, v_head, keys, seq);
+  } else {
+    load_row_range<T, D>(k_tile, k_head, tile.start, seq);
+    load_row_range<T, D>(v_tile, v_head, tile.start, seq);
+  }
+  cp_async_commit();
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads, 2)
+    attention_kernel(const __grid_constant__ LaunchParams p, const T* q, const T* k, const T* v, T* out,
+                     const char* ws) {
+  extern __shared__ __align__(128) char smem[];
+  using S = AttentionSmem<D>;
+  int b, h, pair;
+  decode_work_item(p, blockIdx.x, b, h, pair);
+  const int m0 = 2 * pair, m1 = m0 + 1 < p.num_blocks ? m0 + 1 : -1;
+  const HeadParams& hp = p.heads[h];
+  const int seq = int(p.seq_len);  // S <= 2^30
+  const int64_t start0 = int64_t(m0) * kBlock;
+  const int kvh = h / p.group;
+  const T* q_head = q + (int64_t(b) * p.num_q_heads + h) * seq * D;
+  const T* k_head = k + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
+  const T* v_head = v + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
+  const uint32_t k_tiles = smem_addr(smem + S::kK), v_tiles = smem_addr(smem + S::kV);
+  const uint32_t q_tiles = smem_addr(smem + S::kQ);
+  int* keys = reinterpret_cast<int*>(smem + S::kKeys);
+  PairSource& source = *reinterpret_cast<PairSource*>(smem + S::kSource);
+
+  load_row_range<T, D>(q_tiles, q_head, start0, seq);
+  if (m1 >= 0) load_row_range<T, D>(q_tiles + Tile<D>::kBytes, q_head, start0 + kBlock, seq);
+  cp_async_commit();
+  if (threadIdx.x == 0) source.init(p, ws, b, h, m0, m1);
+  __syncthreads();
+  PairSchedule schedule(source);
+  TileDesc tile = schedule.next(source, seq, keys);  // the first block has at least its diagonal chunk
+  load_kv<T, D>(k_tiles, v_tiles, k_head, v_head, tile, keys, seq);
+
+  BlockRows<D> block[2];
+  block[0].init(int(start0));
+  block[1].init(int(start0) + kBlock);
+  for (int stage = 0;; stage ^= 1) {
+    // this tile's K/V (and Q) have landed, and every thread is done with the other stage's buffers
+    cp_async_wait<0>();
     __syncthreads();
-    pv_tile<T, D>(o, s, v_tile);
-    if (!more) break;
+    const TileDesc next = schedule.next(source, seq, keys + (stage ^ 1) * kBlock);
+    if (next.uses)
+      load_kv<T, D>(k_tiles + (stage ^ 1) * Tile<D>::kBytes, v_tiles + (stage ^ 1) * Tile<D>::kBytes, k_head,
+                    v_head, next, keys + (stage ^ 1) * kBlock, seq);
+    const uint32_t k_tile = k_tiles + stage * Tile<D>::kBytes, v_tile = v_tiles + stage * Tile<D>::kBytes;
+    const int* tile_keys = keys + stage * kBlock;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      if (!(tile.uses & (kUsesFirst << half))) continue;  // the same in every thread
+      float s[32];
+      qk_tile_smem_q<T, D>(s, q_tiles + half * Tile<D>::kBytes, k_tile);
+      if (tile.uses & (kMaskFirst << half)) {
+        if (tile.start == kGathered)
+          block[half].mask(s, [&](int j) { return tile_keys[j]; }, hp, seq);
+        else
+          block[half].mask(s, [&](int j) { return tile.start + j; }, hp, seq);
+      }
+      block[half].absorb(s, p.scale_log2);
+      pv_tile<T, D>(block[half].o, s, v_tile);
+    }
+    if (!next.uses) break;
+    tile = next;
   }
 
   T* out_head = out + (int64_t(b) * p.num_q_heads + h) * seq * D;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const float total = quad_sum(row_sum[r]);
-    const float inv = total > 0.f ? 1.f / total : 0.f;
-    if (rows[r] >= seq) continue;
-    T* dst = out_head + rows[r] * D + 2 * t4;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n)
-      *reinterpret_cast<uint32_t*>(dst + 8 * n) = MmaType<T>::pack(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
-  }
+  block[0].store(out_head, seq);
+  if (m1 >= 0) block[1].store(out_head, seq);
 }
 
-// minfer_debug_tiles: the same TileSource, writing the keys instead of computing.
+// minfer_debug_tiles: the schedule of the block's pair, as the attention kernel runs it, writing the keys of
+// the tiles that block computes instead of computing them.
 __global__ void __launch_bounds__(kThreads) debug_tiles_kernel(const __grid_constant__ LaunchParams p,
                                                                const char* ws, const int32_t* items,
                                                                int32_t max_tiles, int32_t* tile_keys,
                                                                int32_t* tile_counts) {
   __shared__ int keys[kBlock];
-  __shared__ int flag;
-  __shared__ TileSource source;
+  __shared__ PairSource source;
   const int64_t item = blockIdx.x;
   const int b = items[3 * item], h = items[3 * item + 1], m = items[3 * item + 2];
-  if (threadIdx.x == 0) source.init(p, ws, b, h, m);
+  const int m0 = m & ~1, m1 = m0 + 1 < p.num_blocks ? m0 + 1 : -1;
+  const int mine = m == m0 ? kUsesFirst : kUsesSecond;
+  if (threadIdx.x == 0) source.init(p, ws, b, h, m0, m1);
   __syncthreads();
+  PairSchedule schedule(source);
   int count = 0;
-  while (source.next(p, keys, &flag)) {
+  for (TileDesc tile; (tile = schedule.next(source, p.seq_len, keys)).uses != 0;) {
+    if (!(tile.uses & mine)) continue;
     if (count < max_tiles && threadIdx.x < kBlock)
-      tile_keys[(item * max_tiles + count) * kBlock + threadIdx.x] = keys[threadIdx.x];
+      tile_keys[(item * max_tiles + count) * kBlock + threadIdx.x] =
+          tile.start == kGathered ? keys[threadIdx.x] : int(tile.start + threadIdx.x);
     ++count;
-    __syncthreads();
   }
   if (threadIdx.x == 0) tile_counts[item] = count;
 }
@@ -172,7 +220,7 @@ cudaError_t launch_attention_typed(const LaunchParams& p, const void* q, const v
   const int smem = AttentionSmem<D>::kBytes;
   cudaError_t err = cudaFuncSetAttribute(attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
-  const int64_t items = int64_t(p.num_blocks) * p.batch * p.num_q_heads;
+  const int64_t items = int64_t((p.num_blocks + 1) / 2) * p.batch * p.num_q_heads;
   attention_kernel<T, D><<<dim3(unsigned(items)), kThreads, smem, stream>>>(
       p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(out), ws);
   return cudaGetLastError();

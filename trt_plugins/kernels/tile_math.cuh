@@ -105,31 +105,54 @@ __device__ __forceinline__ void load_row_range(uint32_t tile, const T* base, int
   }
 }
 
-// The warp's 16 query rows as mma A fragments, one per 16 columns of D.
+// The warp's 16 query rows, columns 16kk..16kk+15, as an mma A fragment.
+template <int D>
+__device__ __forceinline__ void load_q_fragment(uint32_t (&qa)[4], uint32_t q_tile, int kk) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, j = lane >> 3, r = lane & 7;
+  ldmatrix_x4(qa, q_tile + Tile<D>::offset(16 * warp + (j & 1) * 8 + r, 2 * kk + (j >> 1)));
+}
+
+// All of the warp's query columns as mma A fragments, one per 16 columns of D.
 template <int D>
 __device__ __forceinline__ void load_q_fragments(uint32_t (&qa)[D / 16][4], uint32_t q_tile) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, j = lane >> 3, r = lane & 7;
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk)
-    ldmatrix_x4(qa[kk], q_tile + Tile<D>::offset(16 * warp + (j & 1) * 8 + r, 2 * kk + (j >> 1)));
+  for (int kk = 0; kk < D / 16; ++kk) load_q_fragment<D>(qa[kk], q_tile, kk);
+}
+
+// s += the warp's 16 rows, columns 16kk..16kk+15 of D, times the 64 keys of the K tile.
+template <typename T, int D>
+__device__ __forceinline__ void qk_step(float (&s)[32], const uint32_t (&qa)[4], uint32_t k_tile, int kk) {
+  const int lane = threadIdx.x & 31, j = lane >> 3, r = lane & 7;
+#pragma unroll
+  for (int np = 0; np < 4; ++np) {
+    uint32_t b[4];
+    ldmatrix_x4(b, k_tile + Tile<D>::offset(np * 16 + (j >> 1) * 8 + r, 2 * kk + (j & 1)));
+    MmaType<T>::mma(s + 8 * np, qa, b[0], b[1]);
+    MmaType<T>::mma(s + 8 * np + 4, qa, b[2], b[3]);
+  }
 }
 
 // s = the warp's 16 rows times the 64 keys of the K tile, in the mma accumulator layout: s[4n + e] is row
-// g + 8 (e / 2), key 8n + 2t + e % 2, with g = lane / 4, t = lane % 4.
+// g + 8 (e / 2), key 8n + 2t + e % 2, with g = lane / 4, t = lane % 4. Q from registers.
 template <typename T, int D>
 __device__ __forceinline__ void qk_tile(float (&s)[32], const uint32_t (&qa)[D / 16][4], uint32_t k_tile) {
-  const int lane = threadIdx.x & 31, j = lane >> 3, r = lane & 7;
+#pragma unroll
+  for (int i = 0; i < 32; ++i) s[i] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) qk_step<T, D>(s, qa[kk], k_tile, kk);
+}
+
+// The same with Q read from its shared-memory tile one k-step at a time (for kernels that keep more
+// query rows per warp than registers hold).
+template <typename T, int D>
+__device__ __forceinline__ void qk_tile_smem_q(float (&s)[32], uint32_t q_tile, uint32_t k_tile) {
 #pragma unroll
   for (int i = 0; i < 32; ++i) s[i] = 0.f;
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-    for (int np = 0; np < 4; ++np) {
-      uint32_t b[4];
-      ldmatrix_x4(b, k_tile + Tile<D>::offset(np * 16 + (j >> 1) * 8 + r, 2 * kk + (j & 1)));
-      MmaType<T>::mma(s + 8 * np, qa[kk], b[0], b[1]);
-      MmaType<T>::mma(s + 8 * np + 4, qa[kk], b[2], b[3]);
-    }
+    uint32_t qa[4];
+    load_q_fragment<D>(qa, q_tile, kk);
+    qk_step<T, D>(s, qa, k_tile, kk);
   }
 }
 

@@ -1,6 +1,7 @@
 // Which 64-key tiles a query block computes: the op's chunks, then (vertical-slash) its gathered
-// columns in groups of 64. The attention kernel and minfer_debug_tiles run this same code, so a
-// test can compare the kernel's tiles with the reference's HeadIndex.chunk_starts/block_columns.
+// columns in groups of 64. The attention kernel runs two blocks' sources merged (PairSource), and
+// minfer_debug_tiles runs a PairSource of one block, so a test can compare the tiles each block
+// computes with the reference's HeadIndex.chunk_starts/block_columns.
 #pragma once
 
 #include <stdint.h>
@@ -9,9 +10,11 @@
 
 namespace minfer {
 
-// Lives in shared memory; every thread calls next() together (it synchronises the CTA).
+// One query block's tiles. Lives in shared memory: thread 0 initialises it, then it is read-only except for
+// the column gather, which the whole CTA runs together (next_columns synchronises). Chunks are walked by a
+// PairSchedule in every thread's registers, so a chunk tile costs no barrier and no shared-memory keys.
 struct TileSource {
-  int kind, n_chunks, next_chunk;
+  int kind, n_chunks;
   int64_t start_m;
   int sink_blocks, first_local;  // a_shape: chunks are blocks [0, sink_blocks) then [first_local, m]
   const int* chunk_list;         // block_sparse: the query block's key blocks; vertical_slash: lags
@@ -21,14 +24,15 @@ struct TileSource {
   int warp_count[2];
   int pending[128];
 
-  // thread 0 only; the caller synchronises before next()
+  // thread 0 only; m < 0 gives a source without tiles (the missing second block of a pair)
   __device__ void init(const LaunchParams& p, const char* ws, int b, int h, int m) {
     const HeadParams& hp = p.heads[h];
-    kind = hp.kind;
+    kind = m < 0 ? MINFER_DENSE : hp.kind;
     start_m = int64_t(m) * kBlock;
-    next_chunk = 0;
     col_pos = col_end = pending_n = 0;
-    if (kind == MINFER_DENSE) {
+    if (m < 0) {
+      n_chunks = 0;
+    } else if (kind == MINFER_DENSE) {
       n_chunks = m + 1;
     } else if (kind == MINFER_A_SHAPE) {
       const int sb = min(int((int64_t(hp.sink) + kBlock - 1) / kBlock), m + 1);
@@ -64,33 +68,28 @@ struct TileSource {
     }
   }
 
-  __device__ int64_t chunk_start(int i) const {
+  // First key of chunk i, or kNoChunk past the last; chunk starts ascend. (Keys fit in int: S <= 2^30.)
+  static constexpr int kNoChunk = INT32_MAX;
+  __device__ int chunk_start(int i) const {
+    if (i >= n_chunks) return kNoChunk;
     switch (kind) {
-      case MINFER_DENSE: return int64_t(i) * kBlock;
-      case MINFER_A_SHAPE: return int64_t(i < sink_blocks ? i : first_local + i - sink_blocks) * kBlock;
-      case MINFER_BLOCK_SPARSE: return int64_t(chunk_list[i]) * kBlock;
-      default: return start_m - chunk_list[i];
+      case MINFER_DENSE: return i * kBlock;
+      case MINFER_A_SHAPE: return (i < sink_blocks ? i : first_local + i - sink_blocks) * kBlock;
+      case MINFER_BLOCK_SPARSE: return chunk_list[i] * kBlock;
+      default: return int(start_m) - chunk_list[i];
     }
   }
 
-  // Writes the next tile's 64 key positions to keys[] and whether it needs the token mask; false at the end.
-  __device__ bool next(const LaunchParams& p, int* keys, int* needs_mask) {
-    const int tid = threadIdx.x;
-    const int i = next_chunk;
-    if (i < n_chunks) {
-      const int64_t start = chunk_start(i);
-      __syncthreads();
-      if (tid < kBlock) keys[tid] = int(start + tid);
-      if (tid == 0) {
-        next_chunk = i + 1;
-        *needs_mask = kind == MINFER_A_SHAPE || start < 0 || start + kBlock - 1 > start_m ||
-                      start + kBlock - 1 >= p.seq_len;
-      }
-      __syncthreads();
-      return true;
-    }
+  // Whether the chunk starting at `start` can hold a key this block must mask (the token rule).
+  __device__ bool chunk_needs_mask(int start, int64_t seq_len) const {
+    return kind == MINFER_A_SHAPE || start < 0 || start + kBlock - 1 > start_m || start + kBlock - 1 >= seq_len;
+  }
+
+  // Writes the next 64 gathered columns that no chunk of this block holds to keys[] (-1 padded); false when
+  // none are left. Column tiles always take the token mask.
+  __device__ bool next_columns(int* keys) {
     if (kind != MINFER_VERTICAL_SLASH) return false;
-    // gather the next 64 columns that no chunk of this query block holds
+    const int tid = threadIdx.x;
     while (true) {
       const int pend = pending_n, pos = col_pos, end = col_end;
       __syncthreads();
@@ -120,26 +119,78 @@ struct TileSource {
     const int carry = tid < rest ? pending[kBlock + tid] : 0;
     __syncthreads();
     if (tid < rest) pending[tid] = carry;
-    if (tid == 0) {
-      pending_n = rest;
-      *needs_mask = 1;
-    }
+    if (tid == 0) pending_n = rest;
     __syncthreads();
     return true;
   }
 };
 
-// Work item x of the attention grid. KV head outermost, then query blocks from the last (the heaviest) to the
-// first, then the batch and the query heads of the KV group: the CTAs in flight then share one KV head and
-// neighbouring query blocks, whose chunks overlap (dense blocks read the same prefix, a lag c of block m is
-// the lag c + 64 of block m + 1), so K/V tiles come from L2. Query block outermost left L2 hits at 9%
-// (ncu, 128K i.i.d.) and the kernel bound by HBM bandwidth.
-__device__ __forceinline__ void decode_work_item(const LaunchParams& p, int64_t x, int& b, int& h, int& m) {
-  const int64_t per_block = int64_t(p.batch) * p.group, per_kv_head = per_block * p.num_blocks;
+// The two consecutive query blocks of a pair (the second absent when the pair has one block).
+struct PairSource {
+  TileSource block[2];
+
+  // thread 0 only; m1 < 0 when the pair has one block
+  __device__ void init(const LaunchParams& p, const char* ws, int b, int h, int m0, int m1) {
+    block[0].init(p, ws, b, h, m0);
+    block[1].init(p, ws, b, h, m1);
+  }
+};
+
+// What PairSchedule::next says of a tile: which of the pair's blocks compute it, which of them mask it, and
+// its keys: 64 consecutive from `start`, or, for a column tile (start == kGathered), keys[] in shared memory.
+constexpr int kUsesFirst = 1, kUsesSecond = 2, kMaskFirst = 4, kMaskSecond = 8;
+constexpr int kGathered = INT32_MIN;
+struct TileDesc {
+  int uses;  // 0: no tile left
+  int start;
+};
+
+// The order a pair's tiles come in, each block's own tiles in its own order: first the chunks of both,
+// merged by first key so that a chunk both blocks hold is loaded once (block m + 1's lag c + 64 is block
+// m's lag c; dense and A-shape prefixes are shared outright), then the first block's gathered columns, then
+// the second's. Every thread holds the same cursor; the next chunk's start is read one tile ahead.
+struct PairSchedule {
+  int idx[2];
+  int head[2];  // start of each block's next chunk
+
+  __device__ explicit PairSchedule(const PairSource& src) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      idx[i] = 0;
+      head[i] = src.block[i].chunk_start(0);
+    }
+  }
+
+  // Called by every thread together (the column gather synchronises the CTA).
+  __device__ TileDesc next(PairSource& src, int64_t seq_len, int* keys) {
+    if (head[0] != TileSource::kNoChunk || head[1] != TileSource::kNoChunk) {
+      const int start = min(head[0], head[1]);
+      int uses = 0;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        if (head[i] != start) continue;
+        uses |= (kUsesFirst << i) | (src.block[i].chunk_needs_mask(start, seq_len) ? kMaskFirst << i : 0);
+        head[i] = src.block[i].chunk_start(++idx[i]);
+      }
+      return {uses, start};
+    }
+    if (src.block[0].next_columns(keys)) return {kUsesFirst | kMaskFirst, kGathered};
+    if (src.block[1].next_columns(keys)) return {kUsesSecond | kMaskSecond, kGathered};
+    return {0, 0};
+  }
+};
+
+// Work item x of the attention grid: a pair of query blocks (2j, 2j + 1) of one query head. KV head
+// outermost, then pairs from the last (the heaviest) to the first, then the batch and the query heads of
+// the KV group: the CTAs in flight then share one KV head and neighbouring query blocks, whose chunks
+// overlap, so K/V tiles come from L2. (Query block outermost left L2 hits at 9%, ncu, 128K i.i.d.)
+__device__ __forceinline__ void decode_work_item(const LaunchParams& p, int64_t x, int& b, int& h, int& pair) {
+  const int pairs = (p.num_blocks + 1) / 2;
+  const int64_t per_pair = int64_t(p.batch) * p.group, per_kv_head = per_pair * pairs;
   const int kvh = int(x / per_kv_head);
   const int64_t r = x % per_kv_head;
-  m = p.num_blocks - 1 - int(r / per_block);
-  const int64_t rr = r % per_block;
+  pair = pairs - 1 - int(r / per_pair);
+  const int64_t rr = r % per_pair;
   b = int(rr / p.group);
   h = kvh * p.group + int(rr % p.group);
 }
