@@ -37,7 +37,7 @@ def _user_errors():
         yield
     except (MinferRuntimeError, PatternError, OSError) as error:
         console.print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None
 
 
 def parse_profiles(batch: str, seq_lens: Sequence[str]) -> list[Profile]:
@@ -63,13 +63,13 @@ def build(
     optimization_level: Annotated[int, typer.Option(min=0, max=5, help="builder optimisation level")] = 3,
     fp16: Annotated[bool, typer.Option(help="TensorRT 10 only: let a float32 ONNX run in float16")] = False,
     bf16: Annotated[bool, typer.Option(help="TensorRT 10 only: let a float32 ONNX run in bfloat16")] = False,
-    overwrite: Annotated[bool, typer.Option(help="replace OUTPUT if it exists")] = False,
+    force: Annotated[bool, typer.Option(help="replace OUTPUT if it exists")] = False,
     progress: Annotated[bool, typer.Option(help="show TensorRT's build phases")] = True,
 ) -> None:
     """Parse the rewritten ONNX with TensorRT's parser and build an engine with the SparsePrefillAttention plugin."""
     with _user_errors():
-        if output.exists() and not overwrite:
-            raise MinferRuntimeError(f"{output} exists; pass --overwrite to replace it")
+        if output.exists() and not force:
+            raise MinferRuntimeError(f"{output} exists; pass --force to replace it")
         if fp16 and bf16:
             raise MinferRuntimeError("give at most one of --fp16 and --bf16")
         options = BuildOptions(
@@ -82,7 +82,7 @@ def build(
         )
         start = time.perf_counter()
         data = build_engine(onnx_path, options, plugin)
-        save_engine(data, output, overwrite=overwrite)
+        save_engine(data, output, overwrite=force)
         console.print(f"wrote {output} ({len(data) / 2**20:.1f} MiB) in {time.perf_counter() - start:.0f} s")
 
 
@@ -126,7 +126,7 @@ def run(
     seq_len: Annotated[int | None, typer.Option(min=1, help="run on synthetic tokens of this length")] = None,
     batch: Annotated[int, typer.Option(min=1, help="batch of the synthetic tokens")] = 1,
     output: Annotated[Path | None, typer.Option(help=".npz to write every output to")] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace OUTPUT if it exists")] = False,
+    force: Annotated[bool, typer.Option(help="replace OUTPUT if it exists")] = False,
     plugin: PluginOption = None,
     iterations: Annotated[int, typer.Option(min=1, help="runs to time (the first warms up)")] = 1,
     seed: Annotated[int, typer.Option(help="seed of the synthetic tokens")] = 0,
@@ -135,8 +135,8 @@ def run(
     with _user_errors():
         if (inputs is None) == (seq_len is None):
             raise InputError("give exactly one of --inputs FILE.npz and --seq-len N")
-        if output is not None and output.exists() and not overwrite:
-            raise MinferRuntimeError(f"{output} exists; pass --overwrite to replace it")
+        if output is not None and output.exists() and not force:
+            raise MinferRuntimeError(f"{output} exists; pass --force to replace it")
         engine = PrefillEngine.load(engine_path, plugin)
         if inputs is not None:
             feed = load_inputs(inputs)

@@ -129,7 +129,7 @@ def _check_attention_types(trt: ModuleType, network: Any, graph: onnx.GraphProto
 def save_engine(data: bytes, path: PathLike, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
-        raise MinferRuntimeError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+        raise MinferRuntimeError(f"{path} exists; pass overwrite=True (--force) to replace it")
     path.write_bytes(data)
     return path
 

@@ -38,7 +38,7 @@ def test_profiles_from_arguments() -> None:
 
 def test_build_refuses_bad_ranges_before_tensorrt(model: Path, tmp_path: Path) -> None:
     result = runner.invoke(build_app, [str(model), "-o", str(tmp_path / "e.engine"), "--seq-len", "8:4"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "sequence length range needs 1 <= min <= opt <= max, got 8:4:4" in result.output
     result = runner.invoke(build_app, [str(model), "-o", str(tmp_path / "e.engine"), "--seq-len", "1:2000000"])
     assert "sequence length max 2000000 exceeds the supported 1048576" in result.output
@@ -48,13 +48,13 @@ def test_build_never_overwrites_unless_asked(model: Path, tmp_path: Path) -> Non
     engine = tmp_path / "e.engine"
     engine.write_bytes(b"user data")
     result = runner.invoke(build_app, [str(model), "-o", str(engine)])
-    assert result.exit_code == 1 and "exists; pass --overwrite" in result.output
+    assert result.exit_code == 2 and "exists; pass --force" in result.output
     assert engine.read_bytes() == b"user data"
 
 
 def test_build_takes_one_weak_precision(model: Path, tmp_path: Path) -> None:
     result = runner.invoke(build_app, [str(model), "-o", str(tmp_path / "e.engine"), "--fp16", "--bf16"])
-    assert result.exit_code == 1 and "give at most one of --fp16 and --bf16" in result.output
+    assert result.exit_code == 2 and "give at most one of --fp16 and --bf16" in result.output
 
 
 def test_build_missing_model_is_named(tmp_path: Path) -> None:
@@ -72,13 +72,13 @@ def test_build_names_an_unusable_dynamic_axis(tmp_path: Path) -> None:
     )
     onnx.save(helper.make_model(graph), tmp_path / "m.onnx")
     result = runner.invoke(build_app, [str(tmp_path / "m.onnx"), "-o", str(tmp_path / "e.engine")])
-    assert result.exit_code == 1 and "input 'x' dimension 1 (width) is dynamic" in result.output
+    assert result.exit_code == 2 and "input 'x' dimension 1 (width) is dynamic" in result.output
 
 
 @pytest.mark.skipif(HAVE_TENSORRT, reason="TensorRT is installed: this checks the message of its absence")
 def test_build_without_tensorrt_says_so(model: Path, tmp_path: Path) -> None:
     result = runner.invoke(build_app, [str(model), "-o", str(tmp_path / "e.engine")])
-    assert result.exit_code == 1 and "TensorRT's Python package is not installed" in result.output
+    assert result.exit_code == 2 and "TensorRT's Python package is not installed" in result.output
     assert not (tmp_path / "e.engine").exists()
 
 
@@ -87,7 +87,7 @@ def test_run_without_tensorrt_says_so(tmp_path: Path) -> None:
     engine = tmp_path / "e.engine"
     engine.write_bytes(b"x")
     result = runner.invoke(run_app, [str(engine), "--seq-len", "16"])
-    assert result.exit_code == 1 and "TensorRT's Python package is not installed" in result.output
+    assert result.exit_code == 2 and "TensorRT's Python package is not installed" in result.output
 
 
 def test_run_needs_exactly_one_input_source(tmp_path: Path) -> None:
@@ -95,7 +95,7 @@ def test_run_needs_exactly_one_input_source(tmp_path: Path) -> None:
     engine.write_bytes(b"x")
     for extra in ([], ["--seq-len", "8", "--inputs", str(engine)]):
         result = runner.invoke(run_app, [str(engine), *extra])
-        assert result.exit_code == 1 and "give exactly one of --inputs FILE.npz and --seq-len N" in result.output
+        assert result.exit_code == 2 and "give exactly one of --inputs FILE.npz and --seq-len N" in result.output
 
 
 def test_synthetic_token_inputs() -> None:
