@@ -59,9 +59,21 @@ if has e2e; then  # issue 7: the 8B-shaped model, sparse against dense SDPA
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 if has profile; then  # Nsight Compute on the attention kernel (PROFILE_FAMILY, PROFILE_LENGTH; default i.i.d. at 128K)
-  ncu --kernel-name regex:attention_kernel --launch-count 1 --set full -o "$OUT/attention-128k" \
+  ncu --kernel-name regex:attention_kernel --launch-count 1 --set full -o "$OUT/attention" \
     python bench/bench_kernels.py --lengths "${PROFILE_LENGTH:-131072}" --families "${PROFILE_FAMILY:-iid}" --dense cudnn >"$OUT/ncu.log" 2>&1
-  ncu --import "$OUT/attention-128k.ncu-rep" --page details --print-units base 2>/dev/null \
-    | grep -E "Duration|Registers|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|L2 Hit|Warp Cycles Per Issued|Stall|Block Limit" | head -40
+  ncu --import "$OUT/attention.ncu-rep" --page details --print-units base 2>/dev/null \
+    | grep -E "Duration|Registers|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|L2 Hit|Warp Cycles Per Issued|Block Limit" | head -40
+  # stall reasons: cycles per issued instruction that warps spend in each state, largest first
+  ncu --import "$OUT/attention.ncu-rep" --page raw --csv 2>/dev/null | python3 -c '
+import csv, sys
+rows = list(csv.reader(sys.stdin))  # metric names, units, then one row per profiled kernel
+def number(text):
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return None
+stalls = [(number(v), n) for n, v in zip(rows[0], rows[2]) if "issue_stalled" in n and n.endswith("per_issue_active.ratio")]
+for value, name in sorted((s for s in stalls if s[0] is not None), reverse=True)[:12]:
+    print(f"{value:8.2f}  {name}")'
 fi
 exit $status
