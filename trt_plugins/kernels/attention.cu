@@ -10,6 +10,7 @@
 #include "kernels.h"
 #include "tile_math.cuh"
 #include "tile_source.cuh"
+#include "wgmma.cuh"
 
 namespace minfer {
 namespace {
@@ -126,14 +127,14 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 2)
     attention_kernel(const __grid_constant__ LaunchParams p, const T* q, const T* k, const T* v, T* out,
                      const char* ws) {
-  extern __shared__ __align__(128) char smem[];
+  extern __shared__ __align__(1024) char smem[];  // wgmma's swizzle needs 1 KB aligned tiles
   using S = AttentionSmem<D>;
   int b, h, pair;
   decode_work_item(p, blockIdx.x, b, h, pair);
   const int m0 = 2 * pair, m1 = m0 + 1 < p.num_blocks ? m0 + 1 : -1;
   const HeadParams& hp = p.heads[h];
   const int seq = int(p.seq_len);  // S <= 2^30
-  const int64_t start0 = int64_t(m0) * kBlock;
+  const int start0 = m0 * kBlock;  // S <= 2^30
   const int kvh = h / p.group;
   const T* q_head = q + (int64_t(b) * p.num_q_heads + h) * seq * D;
   const T* k_head = k + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
@@ -153,11 +154,14 @@ __global__ void __launch_bounds__(kThreads, 2)
   load_kv<T, D>(k_tiles, v_tiles, k_head, v_head, tile, keys, seq);
 
   BlockRows<D> block[2];
-  block[0].init(int(start0));
-  block[1].init(int(start0) + kBlock);
+  block[0].init(start0);
+  block[1].init(start0 + kBlock);
   for (int stage = 0;; stage ^= 1) {
     // this tile's K/V (and Q) have landed, and every thread is done with the other stage's buffers
     cp_async_wait<0>();
+#if MINFER_WGMMA
+    wgmma::fence_async_shared();
+#endif
     __syncthreads();
     const TileDesc next = schedule.next(source, seq, keys + (stage ^ 1) * kBlock);
     if (next.uses)
@@ -169,7 +173,11 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (int half = 0; half < 2; ++half) {
       if (!(tile.uses & (kUsesFirst << half))) continue;  // the same in every thread
       float s[32];
+#if MINFER_WGMMA
+      wgmma::qk_tile<T, D>(s, q_tiles + half * Tile<D>::kBytes, k_tile);
+#else
       qk_tile_smem_q<T, D>(s, q_tiles + half * Tile<D>::kBytes, k_tile);
+#endif
       if (tile.uses & (kMaskFirst << half)) {
         if (tile.start == kGathered)
           block[half].mask(s, [&](int j) { return tile_keys[j]; }, hp, seq);
@@ -177,7 +185,11 @@ __global__ void __launch_bounds__(kThreads, 2)
           block[half].mask(s, [&](int j) { return tile.start + j; }, hp, seq);
       }
       block[half].absorb(s, p.scale_log2);
+#if MINFER_WGMMA
+      wgmma::pv_tile<T, D>(block[half].o, s, v_tile);
+#else
       pv_tile<T, D>(block[half].o, s, v_tile);
+#endif
     }
     if (!next.uses) break;
     tile = next;

@@ -1,0 +1,122 @@
+// Hopper's warpgroup matrix products (wgmma, sm_90a only) for the attention kernel's 64-key tiles. The CTA's
+// 4 warps are one warpgroup; wgmma's m64 accumulators give warp w rows 16w..16w+15 in mma.sync's m16n8
+// layout, so the softmax code is the same on both paths. The instructions are CuTe's (the nvidia-cutlass
+// headers); the descriptors below describe our Tile layout, which is CuTe's 128-byte-swizzle canonical form.
+#pragma once
+
+#include <cute/arch/mma_sm90_desc.hpp>
+#include <cute/arch/mma_sm90_gmma.hpp>
+
+#include <type_traits>
+#include <utility>
+
+#include "tile_math.cuh"
+
+#if defined(CUTE_ARCH_MMA_SM90A_ENABLED)
+#define MINFER_WGMMA 1
+#endif
+
+namespace minfer {
+namespace wgmma {
+
+using cute::SM90::GMMA::Major;
+using cute::SM90::GMMA::ScaleOut;
+
+template <typename T>
+struct Ops;
+template <>
+struct Ops<__nv_bfloat16> {
+  using QK = cute::SM90::GMMA::MMA_64x64x16_F32BF16BF16_SS<Major::K, Major::K>;
+  template <int D>
+  using PV = std::conditional_t<D == 64, cute::SM90::GMMA::MMA_64x64x16_F32BF16BF16_RS<Major::K, Major::MN>,
+                                cute::SM90::GMMA::MMA_64x128x16_F32BF16BF16_RS<Major::K, Major::MN>>;
+};
+template <>
+struct Ops<__half> {
+  using QK = cute::SM90::GMMA::MMA_64x64x16_F32F16F16_SS<Major::K, Major::K>;
+  template <int D>
+  using PV = std::conditional_t<D == 64, cute::SM90::GMMA::MMA_64x64x16_F32F16F16_RS<Major::K, Major::MN>,
+                                cute::SM90::GMMA::MMA_64x128x16_F32F16F16_RS<Major::K, Major::MN>>;
+};
+
+// A shared-memory matrix descriptor over a Tile (offsets in bytes). The swizzle works on address bits, so
+// tiles must be 1 KB aligned.
+__device__ __forceinline__ uint64_t descriptor(uint32_t addr, uint32_t leading_bytes, uint32_t stride_bytes) {
+  cute::GmmaDescriptor d;
+  d.bitfield.start_address_ = uint16_t(addr >> 4);
+  d.bitfield.leading_byte_offset_ = uint16_t(leading_bytes >> 4);
+  d.bitfield.stride_byte_offset_ = uint16_t(stride_bytes >> 4);
+  d.bitfield.base_offset_ = 0;
+  d.bitfield.layout_type_ = uint8_t(cute::SM90::GMMA::LayoutType::B128);
+  return d.desc_;
+}
+
+// Columns 16kk..16kk+15 of a Tile as a K-major operand (Q as A, K as B of Q K^T): 8-row groups 1 KB apart,
+// the k-step 32 bytes into its 128-byte row (the leading offset is unused under the swizzle).
+template <int D>
+__device__ __forceinline__ uint64_t k_major(uint32_t tile, int kk) {
+  return descriptor(tile + (kk >> 2) * Tile<D>::kColumnBlockBytes + (kk & 3) * 32, 16, 1024);
+}
+
+// Rows 16kk..16kk+15 of a V Tile as the MN-major B operand of P V: 64-column blocks (along N = D) 8 KB
+// apart, 8-row groups (along K = keys) 1 KB apart.
+template <int D>
+__device__ __forceinline__ uint64_t mn_major(uint32_t tile, int kk) {
+  return descriptor(tile + kk * 16 * 128, Tile<D>::kColumnBlockBytes, 1024);
+}
+
+// Keeps the compiler from moving accumulator reads and writes across the asynchronous products.
+template <int N>
+__device__ __forceinline__ void fence(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) cute::warpgroup_fence_operand(r[i]);
+}
+
+template <typename Op, int N, size_t... I>
+__device__ __forceinline__ void ss(uint64_t a, uint64_t b, float (&d)[N], ScaleOut scale, std::index_sequence<I...>) {
+  Op::fma(a, b, d[I]..., scale);
+}
+template <typename Op, int N, size_t... I>
+__device__ __forceinline__ void rs(const uint32_t (&a)[4], uint64_t b, float (&d)[N], std::index_sequence<I...>) {
+  Op::fma(a[0], a[1], a[2], a[3], b, d[I]..., ScaleOut::One);
+}
+
+// Shared memory that cp.async (the generic proxy) wrote is read next by wgmma (the async proxy).
+__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// s = the query tile times the 64 keys of the K tile, both from shared memory (s as qk_tile's).
+template <typename T, int D>
+__device__ __forceinline__ void qk_tile(float (&s)[32], uint32_t q_tile, uint32_t k_tile) {
+  fence(s);
+  cute::warpgroup_arrive();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+    ss<typename Ops<T>::QK>(k_major<D>(q_tile, kk), k_major<D>(k_tile, kk), s, kk == 0 ? ScaleOut::Zero : ScaleOut::One,
+                            std::make_index_sequence<32>{});
+  cute::warpgroup_commit_batch();
+  cute::warpgroup_wait<0>();
+  fence(s);
+}
+
+// o += P V, P from registers (exponentiated s), V from its shared-memory tile (o as pv_tile's).
+template <typename T, int D>
+__device__ __forceinline__ void pv_tile(float (&o)[D / 2], const float (&p)[32], uint32_t v_tile) {
+  uint32_t a[4][4];
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) p_fragment<T>(a[kk], p, kk);
+  fence(o);
+  cute::warpgroup_arrive();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+    rs<typename Ops<T>::template PV<D>>(a[kk], mn_major<D>(v_tile, kk), o, std::make_index_sequence<D / 2>{});
+  cute::warpgroup_commit_batch();
+  cute::warpgroup_wait<0>();
+  fence(o);
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) cute::warpgroup_fence_operand(a[kk][i]);
+}
+
+}  // namespace wgmma
+}  // namespace minfer
