@@ -62,6 +62,18 @@ struct BlockRows {
     }
   }
 
+  // mask() where the tile needs it for this block (`half` of the pair), then absorb().
+  __device__ void absorb_tile(float (&s)[32], const TileDesc& tile, const int* tile_keys, int half,
+                              const HeadParams& hp, int seq, float scale_log2) {
+    if (tile.uses & (kMaskFirst << half)) {
+      if (tile.start == kGathered)
+        mask(s, [&](int j) { return tile_keys[j]; }, hp, seq);
+      else
+        mask(s, [&](int j) { return tile.start + j; }, hp, seq);
+    }
+    absorb(s, scale_log2);
+  }
+
   // Online softmax: turns the logits into probabilities against the new running max, rescales o.
   __device__ void absorb(float (&s)[32], float scale_log2) {
 #pragma unroll
@@ -123,6 +135,23 @@ __device__ __forceinline__ void load_kv(uint32_t k_tile, uint32_t v_tile, const 
   cp_async_commit();
 }
 
+#if MINFER_WGMMA
+// One block's share of a tile (`half` of the pair): Q K^T, softmax, then P V. (Overlapping the
+// two blocks' products with each other's softmax needs both blocks' logits live beside both outputs: at
+// head_dim 128 that spills or makes ptxas serialise the wgmma groups, and measured slower; docs/kernels.md.)
+template <typename T, int D>
+__device__ __forceinline__ void one_block_tile(BlockRows<D>& block, int half, uint32_t q_tile, uint32_t k_tile,
+                                               uint32_t v_tile, const TileDesc& tile, const int* tile_keys,
+                                               const HeadParams& hp, int seq, float scale_log2) {
+  float s[32];
+  wgmma::qk_issue<T, D>(s, q_tile, k_tile);
+  wgmma::wait<0>(s);
+  block.absorb_tile(s, tile, tile_keys, half, hp, seq, scale_log2);
+  wgmma::pv_issue<T, D>(block.o, s, v_tile);
+  wgmma::wait<0>(block.o);
+}
+#endif
+
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 2)
     attention_kernel(const __grid_constant__ LaunchParams p, const T* q, const T* k, const T* v, T* out,
@@ -169,28 +198,23 @@ __global__ void __launch_bounds__(kThreads, 2)
                     v_head, next, keys + (stage ^ 1) * kBlock, seq);
     const uint32_t k_tile = k_tiles + stage * Tile<D>::kBytes, v_tile = v_tiles + stage * Tile<D>::kBytes;
     const int* tile_keys = keys + stage * kBlock;
+#if MINFER_WGMMA
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      if (!(tile.uses & (kUsesFirst << half))) continue;  // the same in every thread
+      one_block_tile<T, D>(block[half], half, q_tiles + half * Tile<D>::kBytes, k_tile, v_tile, tile, tile_keys, hp,
+                           seq, p.scale_log2);
+    }
+#else
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       if (!(tile.uses & (kUsesFirst << half))) continue;  // the same in every thread
       float s[32];
-#if MINFER_WGMMA
-      wgmma::qk_tile<T, D>(s, q_tiles + half * Tile<D>::kBytes, k_tile);
-#else
       qk_tile_smem_q<T, D>(s, q_tiles + half * Tile<D>::kBytes, k_tile);
-#endif
-      if (tile.uses & (kMaskFirst << half)) {
-        if (tile.start == kGathered)
-          block[half].mask(s, [&](int j) { return tile_keys[j]; }, hp, seq);
-        else
-          block[half].mask(s, [&](int j) { return tile.start + j; }, hp, seq);
-      }
-      block[half].absorb(s, p.scale_log2);
-#if MINFER_WGMMA
-      wgmma::pv_tile<T, D>(block[half].o, s, v_tile);
-#else
+      block[half].absorb_tile(s, tile, tile_keys, half, hp, seq, p.scale_log2);
       pv_tile<T, D>(block[half].o, s, v_tile);
-#endif
     }
+#endif
     if (!next.uses) break;
     tile = next;
   }

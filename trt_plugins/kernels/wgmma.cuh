@@ -84,23 +84,22 @@ __device__ __forceinline__ void rs(const uint32_t (&a)[4], uint64_t b, float (&d
 // Shared memory that cp.async (the generic proxy) wrote is read next by wgmma (the async proxy).
 __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// s = the query tile times the 64 keys of the K tile, both from shared memory (s as qk_tile's).
+// Starts s = the query tile times the 64 keys of the K tile, both from shared memory (s as qk_tile's), as
+// one wgmma group; s is read only after wait().
 template <typename T, int D>
-__device__ __forceinline__ void qk_tile(float (&s)[32], uint32_t q_tile, uint32_t k_tile) {
-  fence(s);
+__device__ __forceinline__ void qk_issue(float (&s)[32], uint32_t q_tile, uint32_t k_tile) {
   cute::warpgroup_arrive();
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk)
     ss<typename Ops<T>::QK>(k_major<D>(q_tile, kk), k_major<D>(k_tile, kk), s, kk == 0 ? ScaleOut::Zero : ScaleOut::One,
                             std::make_index_sequence<32>{});
   cute::warpgroup_commit_batch();
-  cute::warpgroup_wait<0>();
-  fence(s);
 }
 
-// o += P V, P from registers (exponentiated s), V from its shared-memory tile (o as pv_tile's).
+// Starts o += P V, P from registers (exponentiated s), V from its shared-memory tile (o as pv_tile's), as one
+// wgmma group; o is touched again only after wait().
 template <typename T, int D>
-__device__ __forceinline__ void pv_tile(float (&o)[D / 2], const float (&p)[32], uint32_t v_tile) {
+__device__ __forceinline__ void pv_issue(float (&o)[D / 2], const float (&p)[32], uint32_t v_tile) {
   uint32_t a[4][4];
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) p_fragment<T>(a[kk], p, kk);
@@ -110,12 +109,18 @@ __device__ __forceinline__ void pv_tile(float (&o)[D / 2], const float (&p)[32],
   for (int kk = 0; kk < 4; ++kk)
     rs<typename Ops<T>::template PV<D>>(a[kk], mn_major<D>(v_tile, kk), o, std::make_index_sequence<D / 2>{});
   cute::warpgroup_commit_batch();
-  cute::warpgroup_wait<0>();
-  fence(o);
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
     for (int i = 0; i < 4; ++i) cute::warpgroup_fence_operand(a[kk][i]);
+}
+
+// Waits until at most `pending` of this warpgroup's wgmma groups are still running (groups finish in order),
+// then hands `r` back to ordinary code.
+template <int pending, int N>
+__device__ __forceinline__ void wait(float (&r)[N]) {
+  cute::warpgroup_wait<pending>();
+  fence(r);
 }
 
 }  // namespace wgmma
