@@ -61,10 +61,10 @@ if has e2e; then  # issue 7: the 8B-shaped model, sparse against dense SDPA
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 if has profile; then  # Nsight Compute on the attention kernel (PROFILE_FAMILY, PROFILE_LENGTH; default i.i.d. at 128K)
-  ncu --kernel-name regex:attention_kernel --launch-count 1 --set full -o "$OUT/attention" \
+  ncu --clock-control none --kernel-name regex:attention_kernel --launch-count 1 --set full -o "$OUT/attention" \
     python bench/bench_kernels.py --lengths "${PROFILE_LENGTH:-131072}" --families "${PROFILE_FAMILY:-iid}" --dense cudnn >"$OUT/ncu.log" 2>&1
   ncu --import "$OUT/attention.ncu-rep" --page details --print-units base 2>/dev/null \
-    | grep -E "Duration|Registers|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|L2 Hit|Warp Cycles Per Issued|Block Limit" | head -40
+    | grep -E "Duration|Registers|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L1/TEX Cache Throughput|L2 Cache Throughput|L2 Hit|Warp Cycles Per Issued|Block Limit" | head -40
   # stall reasons: cycles per issued instruction that warps spend in each state, largest first
   ncu --import "$OUT/attention.ncu-rep" --page raw --csv 2>/dev/null | python3 -c '
 import csv, sys
@@ -76,6 +76,10 @@ def number(text):
         return None
 stalls = [(number(v), n) for n, v in zip(rows[0], rows[2]) if "issue_stalled" in n and n.endswith("per_issue_active.ratio")]
 for value, name in sorted((s for s in stalls if s[0] is not None), reverse=True)[:12]:
-    print(f"{value:8.2f}  {name}")'
+    print(f"{value:8.2f}  {name}")
+# how busy the tensor pipes and L2 were, in % of peak
+for name, value in zip(rows[0], rows[2]):
+    if ("pipe_tensor" in name or name.startswith("lts__t_")) and "pct_of_peak" in name:
+        print(f"{value:>8}  {name}")'
 fi
 exit $status
