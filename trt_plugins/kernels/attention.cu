@@ -1,6 +1,6 @@
 // The sparse attention forward: one CTA per (batch, query head, pair of query blocks), all heads of the layer
 // in one launch, FlashAttention-2 style (online softmax in fp32 over 64-key tiles, K/V double-buffered with
-// cp.async, mma.sync m16n8k16), over the tiles PairSchedule yields. A chunk both blocks of the pair hold is
+// cp.async; wgmma on sm_90a, mma.sync m16n8k16 elsewhere), over the tiles PairSchedule yields. A chunk both blocks of the pair hold is
 // loaded once and computed for both. One barrier per tile: chunk tiles are scheduled in registers, and the
 // next tile's loads go out right after the barrier that frees its buffers (docs/kernels.md).
 #include <cuda_runtime.h>
