@@ -61,6 +61,7 @@ if has e2e; then  # issue 7: the 8B-shaped model, sparse against dense SDPA
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 if has profile; then  # Nsight Compute on the attention kernel (PROFILE_FAMILY, PROFILE_LENGTH; default i.i.d. at 128K)
+  {
   ncu --clock-control none --kernel-name regex:attention_kernel --launch-count 1 --set full -o "$OUT/attention" \
     python bench/bench_kernels.py --lengths "${PROFILE_LENGTH:-131072}" --families "${PROFILE_FAMILY:-iid}" --dense cudnn >"$OUT/ncu.log" 2>&1
   ncu --import "$OUT/attention.ncu-rep" --page details --print-units base 2>/dev/null \
@@ -79,7 +80,8 @@ for value, name in sorted((s for s in stalls if s[0] is not None), reverse=True)
     print(f"{value:8.2f}  {name}")
 # how busy the tensor pipes and L2 were, in % of peak
 for name, value in zip(rows[0], rows[2]):
-    if ("pipe_tensor" in name or name.startswith("lts__t_")) and "pct_of_peak" in name:
+    if ("pipe_tensor" in name or name.startswith("lts__t_")) and name.endswith("sum.pct_of_peak_sustained_elapsed"):
         print(f"{value:>8}  {name}")'
+  } 2>&1 | tee "$OUT/profile.txt"
 fi
 exit $status

@@ -1,8 +1,10 @@
-// The sparse attention forward: one CTA per (batch, query head, pair of query blocks), all heads of the layer
-// in one launch, FlashAttention-2 style (online softmax in fp32 over 64-key tiles, K/V double-buffered with
-// cp.async; wgmma on sm_90a, mma.sync m16n8k16 elsewhere), over the tiles PairSchedule yields. A chunk both blocks of the pair hold is
-// loaded once and computed for both. One barrier per tile: chunk tiles are scheduled in registers, and the
-// next tile's loads go out right after the barrier that frees its buffers (docs/kernels.md).
+// The sparse attention forward: all heads of the layer in one launch, FlashAttention-2 style (online softmax in
+// fp32 over 64-key tiles filled by cp.async) over the tiles PairSchedule yields. Two bodies:
+// - sm_90a: one CTA (one warpgroup) per query block, Q in registers, Q K^T and P V as Hopper wgmma, software
+//   pipelined across tiles (tile t's Q K^T and tile t-1's P V run while tile t's softmax does);
+// - elsewhere (sm_80): one CTA per pair of query blocks, a chunk both blocks hold loaded once, mma.sync.
+// Both take one barrier per tile: chunk tiles are scheduled in registers, and the next tile's loads go out right
+// after the barrier that frees their buffers (docs/kernels.md).
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -15,9 +17,9 @@
 namespace minfer {
 namespace {
 
-// Each warp keeps 16 rows of both query blocks, so Q stays in shared memory and is read per k-step.
+// sm_80 body: each warp keeps 16 rows of both query blocks, so Q stays in shared memory and is read per k-step.
 template <int D>
-struct AttentionSmem {
+struct PairSmem {
   static constexpr int kK = 0;                            // two stages
   static constexpr int kV = kK + 2 * Tile<D>::kBytes;     // two stages
   static constexpr int kQ = kV + 2 * Tile<D>::kBytes;     // the pair's two query blocks
@@ -25,6 +27,22 @@ struct AttentionSmem {
   static constexpr int kSource = kKeys + 2 * kBlock * 4;  // PairSource
   static constexpr int kBytes = kSource + int(sizeof(PairSource));
 };
+
+// sm_90a body: P V of tile t-1 still reads its V while tile t+1 loads, so V has three stages (K two); Q passes
+// through the third V stage on its way to registers.
+template <int D>
+struct BlockSmem {
+  static constexpr int kK = 0;                            // two stages
+  static constexpr int kV = kK + 2 * Tile<D>::kBytes;     // three stages
+  static constexpr int kKeys = kV + 3 * Tile<D>::kBytes;  // int[2][64]
+  static constexpr int kSource = kKeys + 2 * kBlock * 4;  // PairSource (its second block absent)
+  static constexpr int kBytes = kSource + int(sizeof(PairSource));
+};
+
+// What the launch reserves: either body may run, whichever the loaded binary holds.
+template <int D>
+constexpr int kAttentionSmemBytes = PairSmem<D>::kBytes > BlockSmem<D>::kBytes ? PairSmem<D>::kBytes
+                                                                              : BlockSmem<D>::kBytes;
 
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
@@ -62,20 +80,16 @@ struct BlockRows {
     }
   }
 
-  // mask() where the tile needs it for this block (`half` of the pair), then absorb().
-  __device__ void absorb_tile(float (&s)[32], const TileDesc& tile, const int* tile_keys, int half,
-                              const HeadParams& hp, int seq, float scale_log2) {
+  // mask() where the tile needs it for this block (`half` of the pair), then the online softmax: s becomes the
+  // probabilities against the new running maximum, alpha each row's factor for o (applied by rescale()).
+  __device__ void softmax_tile(float (&s)[32], float (&alpha)[2], const TileDesc& tile, const int* tile_keys,
+                               int half, const HeadParams& hp, int seq, float scale_log2) {
     if (tile.uses & (kMaskFirst << half)) {
       if (tile.start == kGathered)
         mask(s, [&](int j) { return tile_keys[j]; }, hp, seq);
       else
         mask(s, [&](int j) { return tile.start + j; }, hp, seq);
     }
-    absorb(s, scale_log2);
-  }
-
-  // Online softmax: turns the logits into probabilities against the new running max, rescales o.
-  __device__ void absorb(float (&s)[32], float scale_log2) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float tile_max = -INFINITY;
@@ -84,7 +98,7 @@ struct BlockRows {
       tile_max = quad_max(tile_max) * scale_log2;
       const float new_max = fmaxf(row_max[r], tile_max);
       const float base = new_max == -INFINITY ? 0.f : new_max;  // a row with nothing visible yet stays 0
-      const float alpha = fast_exp2(row_max[r] - base);
+      alpha[r] = fast_exp2(row_max[r] - base);
       row_max[r] = new_max;
       float sum = 0.f;
 #pragma unroll
@@ -95,13 +109,21 @@ struct BlockRows {
           s[4 * n + 2 * r + c] = e;
           sum += e;
         }
-      row_sum[r] = row_sum[r] * alpha + sum;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        o[4 * n + 2 * r] *= alpha;
-        o[4 * n + 2 * r + 1] *= alpha;
-      }
+      row_sum[r] = row_sum[r] * alpha[r] + sum;
     }
+  }
+
+  // o *= alpha. Once a row's maximum has settled (after the sinks, on LLM-like inputs after the first tile or
+  // two) alpha is exactly 1, so a warp whose 16 rows all kept their maxima skips the multiplies.
+  __device__ void rescale(const float (&alpha)[2]) {
+    if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        o[4 * n + 2 * r] *= alpha[r];
+        o[4 * n + 2 * r + 1] *= alpha[r];
+      }
   }
 
   template <typename T>
@@ -136,38 +158,81 @@ __device__ __forceinline__ void load_kv(uint32_t k_tile, uint32_t v_tile, const 
 }
 
 #if MINFER_WGMMA
-// One block's share of a tile (`half` of the pair): Q K^T, softmax, then P V. (Overlapping the
-// two blocks' products with each other's softmax needs both blocks' logits live beside both outputs: at
-// head_dim 128 that spills or makes ptxas serialise the wgmma groups, and measured slower; docs/kernels.md.)
+// Query block m, as one warpgroup: Q K^T of tile t and P V of tile t-1 go out as two wgmma groups, the softmax
+// of tile t waits only for the first, and o is rescaled once the second is done. Registers hold Q (32), o
+// (D / 2), the logits of tile t (32) and P of tile t-1 (16).
 template <typename T, int D>
-__device__ __forceinline__ void one_block_tile(BlockRows<D>& block, int half, uint32_t q_tile, uint32_t k_tile,
-                                               uint32_t v_tile, const TileDesc& tile, const int* tile_keys,
-                                               const HeadParams& hp, int seq, float scale_log2) {
-  float s[32];
-  wgmma::qk_issue<T, D>(s, q_tile, k_tile);
-  wgmma::wait<0>(s);
-  block.absorb_tile(s, tile, tile_keys, half, hp, seq, scale_log2);
-  wgmma::pv_issue<T, D>(block.o, s, v_tile);
-  wgmma::wait<0>(block.o);
-}
-#endif
-
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, 2)
-    attention_kernel(const __grid_constant__ LaunchParams p, const T* q, const T* k, const T* v, T* out,
-                     const char* ws) {
-  extern __shared__ __align__(1024) char smem[];  // wgmma's swizzle needs 1 KB aligned tiles
-  using S = AttentionSmem<D>;
-  int b, h, pair;
-  decode_work_item(p, blockIdx.x, b, h, pair);
-  const int m0 = 2 * pair, m1 = m0 + 1 < p.num_blocks ? m0 + 1 : -1;
+__device__ __forceinline__ void attend_block(const LaunchParams& p, char* smem, const char* ws, int b, int h, int m,
+                                             const T* q_head, const T* k_head, const T* v_head, T* out_head) {
+  using S = BlockSmem<D>;
+  constexpr int kTile = Tile<D>::kBytes;
   const HeadParams& hp = p.heads[h];
   const int seq = int(p.seq_len);  // S <= 2^30
-  const int start0 = m0 * kBlock;  // S <= 2^30
-  const int kvh = h / p.group;
-  const T* q_head = q + (int64_t(b) * p.num_q_heads + h) * seq * D;
-  const T* k_head = k + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
-  const T* v_head = v + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
+  const int start = m * kBlock;
+  const uint32_t k_tiles = smem_addr(smem + S::kK), v_tiles = smem_addr(smem + S::kV);
+  int* keys = reinterpret_cast<int*>(smem + S::kKeys);
+  PairSource& source = *reinterpret_cast<PairSource*>(smem + S::kSource);
+
+  load_row_range<T, D>(v_tiles + 2 * kTile, q_head, start, seq);
+  cp_async_commit();
+  if (threadIdx.x == 0) source.init(p, ws, b, h, m, -1);
+  __syncthreads();
+  PairSchedule schedule(source);
+  TileDesc tile = schedule.next(source, seq, keys);  // the block has at least its diagonal chunk
+  load_kv<T, D>(k_tiles, v_tiles, k_head, v_head, tile, keys, seq);
+  cp_async_wait<0>();
+  wgmma::fence_async_shared();
+  __syncthreads();
+  uint32_t qa[D / 16][4];
+  load_q_fragments<D>(qa, v_tiles + 2 * kTile);  // V stage 2 is next written after the loop's first barrier
+  TileDesc next = schedule.next(source, seq, keys + kBlock);
+  if (next.uses) load_kv<T, D>(k_tiles + kTile, v_tiles + kTile, k_head, v_head, next, keys + kBlock, seq);
+
+  BlockRows<D> rows;
+  rows.init(start);
+  float s[32], alpha[2];
+  uint32_t pa[4][4];  // P of the tile whose P V is pending
+  wgmma::qk_issue<T, D>(s, qa, k_tiles);
+  wgmma::wait<0>(s);
+  rows.softmax_tile(s, alpha, tile, keys, 0, hp, seq, p.scale_log2);  // o is still 0: nothing to rescale
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) p_fragment<T>(pa[kk], s, kk);
+  int v_pending = 0;  // V stage of the tile whose P V is pending
+  for (int k_stage = 1; next.uses; k_stage ^= 1) {
+    tile = next;
+    const int v_stage = v_pending == 2 ? 0 : v_pending + 1;
+    // this tile's K/V have landed; every thread is done with the previous tile's K and keys and with the V
+    // before it (their products were waited for)
+    cp_async_wait<0>();
+    wgmma::fence_async_shared();
+    __syncthreads();
+    wgmma::qk_issue<T, D>(s, qa, k_tiles + k_stage * kTile);
+    wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + v_pending * kTile);
+    next = schedule.next(source, seq, keys + (k_stage ^ 1) * kBlock);
+    if (next.uses)
+      load_kv<T, D>(k_tiles + (k_stage ^ 1) * kTile, v_tiles + (v_stage == 2 ? 0 : v_stage + 1) * kTile, k_head,
+                    v_head, next, keys + (k_stage ^ 1) * kBlock, seq);
+    wgmma::wait<1>(s);
+    rows.softmax_tile(s, alpha, tile, keys + k_stage * kBlock, 0, hp, seq, p.scale_log2);
+    wgmma::wait<0>(rows.o);
+    rows.rescale(alpha);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) p_fragment<T>(pa[kk], s, kk);
+    v_pending = v_stage;
+  }
+  wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + v_pending * kTile);
+  wgmma::wait<0>(rows.o);
+  rows.store(out_head, seq);
+}
+#else
+// Query blocks m0 and m1 (m1 < 0: none) as one pair, each tile computed for the blocks that hold it.
+template <typename T, int D>
+__device__ __forceinline__ void attend_pair(const LaunchParams& p, char* smem, const char* ws, int b, int h, int m0,
+                                            int m1, const T* q_head, const T* k_head, const T* v_head, T* out_head) {
+  using S = PairSmem<D>;
+  const HeadParams& hp = p.heads[h];
+  const int seq = int(p.seq_len);  // S <= 2^30
+  const int start0 = m0 * kBlock;
   const uint32_t k_tiles = smem_addr(smem + S::kK), v_tiles = smem_addr(smem + S::kV);
   const uint32_t q_tiles = smem_addr(smem + S::kQ);
   int* keys = reinterpret_cast<int*>(smem + S::kKeys);
@@ -188,44 +253,55 @@ __global__ void __launch_bounds__(kThreads, 2)
   for (int stage = 0;; stage ^= 1) {
     // this tile's K/V (and Q) have landed, and every thread is done with the other stage's buffers
     cp_async_wait<0>();
-#if MINFER_WGMMA
-    wgmma::fence_async_shared();
-#endif
     __syncthreads();
     const TileDesc next = schedule.next(source, seq, keys + (stage ^ 1) * kBlock);
     if (next.uses)
       load_kv<T, D>(k_tiles + (stage ^ 1) * Tile<D>::kBytes, v_tiles + (stage ^ 1) * Tile<D>::kBytes, k_head,
                     v_head, next, keys + (stage ^ 1) * kBlock, seq);
     const uint32_t k_tile = k_tiles + stage * Tile<D>::kBytes, v_tile = v_tiles + stage * Tile<D>::kBytes;
-    const int* tile_keys = keys + stage * kBlock;
-#if MINFER_WGMMA
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       if (!(tile.uses & (kUsesFirst << half))) continue;  // the same in every thread
-      one_block_tile<T, D>(block[half], half, q_tiles + half * Tile<D>::kBytes, k_tile, v_tile, tile, tile_keys, hp,
-                           seq, p.scale_log2);
-    }
-#else
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      if (!(tile.uses & (kUsesFirst << half))) continue;  // the same in every thread
-      float s[32];
+      float s[32], alpha[2];
       qk_tile_smem_q<T, D>(s, q_tiles + half * Tile<D>::kBytes, k_tile);
-      block[half].absorb_tile(s, tile, tile_keys, half, hp, seq, p.scale_log2);
+      block[half].softmax_tile(s, alpha, tile, keys + stage * kBlock, half, hp, seq, p.scale_log2);
+      block[half].rescale(alpha);
       pv_tile<T, D>(block[half].o, s, v_tile);
     }
-#endif
     if (!next.uses) break;
     tile = next;
   }
-
-  T* out_head = out + (int64_t(b) * p.num_q_heads + h) * seq * D;
   block[0].store(out_head, seq);
   if (m1 >= 0) block[1].store(out_head, seq);
 }
+#endif
 
-// minfer_debug_tiles: the schedule of the block's pair, as the attention kernel runs it, writing the keys of
-// the tiles that block computes instead of computing them.
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads, 2)
+    attention_kernel(const __grid_constant__ LaunchParams p, const T* q, const T* k, const T* v, T* out,
+                     const char* ws) {
+  extern __shared__ __align__(1024) char smem[];  // wgmma's swizzle needs 1 KB aligned tiles
+  int b, h, m0;
+  decode_work_item(p, blockIdx.x, b, h, m0);
+  const int m1 = p.item_blocks == 2 && m0 + 1 < p.num_blocks ? m0 + 1 : -1;
+  const int64_t seq = p.seq_len, kvh = h / p.group;
+  const T* q_head = q + (int64_t(b) * p.num_q_heads + h) * seq * D;
+  const T* k_head = k + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
+  const T* v_head = v + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
+  T* out_head = out + (int64_t(b) * p.num_q_heads + h) * seq * D;
+#if MINFER_WGMMA
+  attend_block<T, D>(p, smem, ws, b, h, m0, q_head, k_head, v_head, out_head);
+  if (m1 >= 0) {
+    __syncthreads();  // the shared buffers and the tile source start over
+    attend_block<T, D>(p, smem, ws, b, h, m1, q_head, k_head, v_head, out_head);
+  }
+#else
+  attend_pair<T, D>(p, smem, ws, b, h, m0, m1, q_head, k_head, v_head, out_head);
+#endif
+}
+
+// minfer_debug_tiles: the schedule of the block's work item (the block alone, or its pair), as the attention
+// kernel runs it, writing the keys of the tiles that block computes instead of computing them.
 __global__ void __launch_bounds__(kThreads) debug_tiles_kernel(const __grid_constant__ LaunchParams p,
                                                                const char* ws, const int32_t* items,
                                                                int32_t max_tiles, int32_t* tile_keys,
@@ -234,7 +310,7 @@ __global__ void __launch_bounds__(kThreads) debug_tiles_kernel(const __grid_cons
   __shared__ PairSource source;
   const int64_t item = blockIdx.x;
   const int b = items[3 * item], h = items[3 * item + 1], m = items[3 * item + 2];
-  const int m0 = m & ~1, m1 = m0 + 1 < p.num_blocks ? m0 + 1 : -1;
+  const int m0 = p.item_blocks == 2 ? m & ~1 : m, m1 = p.item_blocks == 2 && m0 + 1 < p.num_blocks ? m0 + 1 : -1;
   const int mine = m == m0 ? kUsesFirst : kUsesSecond;
   if (threadIdx.x == 0) source.init(p, ws, b, h, m0, m1);
   __syncthreads();
@@ -253,10 +329,10 @@ __global__ void __launch_bounds__(kThreads) debug_tiles_kernel(const __grid_cons
 template <typename T, int D>
 cudaError_t launch_attention_typed(const LaunchParams& p, const void* q, const void* k, const void* v, void* out,
                                    const char* ws, cudaStream_t stream) {
-  const int smem = AttentionSmem<D>::kBytes;
+  const int smem = kAttentionSmemBytes<D>;
   cudaError_t err = cudaFuncSetAttribute(attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
-  const int64_t items = int64_t((p.num_blocks + 1) / 2) * p.batch * p.num_q_heads;
+  const int64_t items = int64_t((p.num_blocks + p.item_blocks - 1) / p.item_blocks) * p.batch * p.num_q_heads;
   attention_kernel<T, D><<<dim3(unsigned(items)), kThreads, smem, stream>>>(
       p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(out), ws);
   return cudaGetLastError();
@@ -279,6 +355,14 @@ cudaError_t launch_debug_tiles(const LaunchParams& p, const char* ws, const int3
   debug_tiles_kernel<<<dim3(unsigned(num_items)), kThreads, 0, stream>>>(p, ws, items, max_tiles, tile_keys,
                                                                          tile_counts);
   return cudaGetLastError();
+}
+
+cudaError_t attention_item_blocks(int* blocks) {
+  cudaFuncAttributes attributes;
+  const cudaError_t err = cudaFuncGetAttributes(&attributes, attention_kernel<__nv_bfloat16, 128>);
+  if (err != cudaSuccess) return err;
+  *blocks = attributes.ptxVersion >= 90 ? 1 : 2;
+  return cudaSuccess;
 }
 
 cudaError_t attention_kernel_versions(int* ptx_version, int* binary_version) {

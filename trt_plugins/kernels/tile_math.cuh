@@ -82,26 +82,45 @@ struct Tile {
   }
 };
 
+// How a CTA's threads split a tile load: thread t copies 16-byte chunk t % kChunks of rows t / kChunks + k *
+// kRowStep. kRowStep is a multiple of 8, so all of a thread's rows have the same swizzle and its shared-memory
+// offset advances by kRowStep rows per copy (no per-copy index arithmetic).
+template <int D>
+struct TileLoad {
+  static constexpr int kRowStep = kThreads / Tile<D>::kChunks;  // 8 at D = 128, 16 at D = 64
+  static_assert(kRowStep % 8 == 0 && 64 % kRowStep == 0, "rows of one thread must share the swizzle");
+  static __device__ __forceinline__ int first_row() { return threadIdx.x / Tile<D>::kChunks; }
+  static __device__ __forceinline__ int chunk() { return threadIdx.x % Tile<D>::kChunks; }
+  static __device__ __forceinline__ uint32_t dst(uint32_t tile, int k) {
+    return tile + Tile<D>::offset(first_row(), chunk()) + k * kRowStep * 128;
+  }
+};
+
 // Loads 64 rows of `base` ([rows, D] row-major) into a tile; row r reads row rows[r] (from shared memory)
 // or zeros where rows[r] is outside [0, limit). One commit group is left for the caller to close.
 template <typename T, int D>
 __device__ __forceinline__ void load_rows(uint32_t tile, const T* base, const int* rows, int64_t limit) {
-  for (int i = threadIdx.x; i < 64 * Tile<D>::kChunks; i += kThreads) {
-    const int r = i / Tile<D>::kChunks, c = i % Tile<D>::kChunks;
-    const int64_t row = rows[r];
+  using L = TileLoad<D>;
+  const T* src = base + L::chunk() * 8;
+#pragma unroll
+  for (int k = 0; k < 64 / L::kRowStep; ++k) {
+    const int64_t row = rows[L::first_row() + k * L::kRowStep];
     const bool valid = row >= 0 && row < limit;
-    cp_async16(tile + Tile<D>::offset(r, c), base + (valid ? row : 0) * D + c * 8, valid ? 16 : 0);
+    cp_async16(L::dst(tile, k), src + (valid ? row : 0) * D, valid ? 16 : 0);
   }
 }
 
 // Same for the consecutive rows first..first+63.
 template <typename T, int D>
 __device__ __forceinline__ void load_row_range(uint32_t tile, const T* base, int64_t first, int64_t limit) {
-  for (int i = threadIdx.x; i < 64 * Tile<D>::kChunks; i += kThreads) {
-    const int r = i / Tile<D>::kChunks, c = i % Tile<D>::kChunks;
-    const int64_t row = first + r;
+  using L = TileLoad<D>;
+  const int64_t row0 = first + L::first_row();
+  const T* src = base + row0 * D + L::chunk() * 8;
+#pragma unroll
+  for (int k = 0; k < 64 / L::kRowStep; ++k) {
+    const int64_t row = row0 + k * L::kRowStep;
     const bool valid = row >= 0 && row < limit;
-    cp_async16(tile + Tile<D>::offset(r, c), base + (valid ? row : 0) * D + c * 8, valid ? 16 : 0);
+    cp_async16(L::dst(tile, k), valid ? src + k * L::kRowStep * D : base, valid ? 16 : 0);
   }
 }
 

@@ -26,14 +26,14 @@ template <typename T>
 struct Ops;
 template <>
 struct Ops<__nv_bfloat16> {
-  using QK = cute::SM90::GMMA::MMA_64x64x16_F32BF16BF16_SS<Major::K, Major::K>;
+  using QK = cute::SM90::GMMA::MMA_64x64x16_F32BF16BF16_RS<Major::K, Major::K>;
   template <int D>
   using PV = std::conditional_t<D == 64, cute::SM90::GMMA::MMA_64x64x16_F32BF16BF16_RS<Major::K, Major::MN>,
                                 cute::SM90::GMMA::MMA_64x128x16_F32BF16BF16_RS<Major::K, Major::MN>>;
 };
 template <>
 struct Ops<__half> {
-  using QK = cute::SM90::GMMA::MMA_64x64x16_F32F16F16_SS<Major::K, Major::K>;
+  using QK = cute::SM90::GMMA::MMA_64x64x16_F32F16F16_RS<Major::K, Major::K>;
   template <int D>
   using PV = std::conditional_t<D == 64, cute::SM90::GMMA::MMA_64x64x16_F32F16F16_RS<Major::K, Major::MN>,
                                 cute::SM90::GMMA::MMA_64x128x16_F32F16F16_RS<Major::K, Major::MN>>;
@@ -73,46 +73,38 @@ __device__ __forceinline__ void fence(float (&r)[N]) {
 }
 
 template <typename Op, int N, size_t... I>
-__device__ __forceinline__ void ss(uint64_t a, uint64_t b, float (&d)[N], ScaleOut scale, std::index_sequence<I...>) {
-  Op::fma(a, b, d[I]..., scale);
-}
-template <typename Op, int N, size_t... I>
-__device__ __forceinline__ void rs(const uint32_t (&a)[4], uint64_t b, float (&d)[N], std::index_sequence<I...>) {
-  Op::fma(a[0], a[1], a[2], a[3], b, d[I]..., ScaleOut::One);
+__device__ __forceinline__ void rs(const uint32_t (&a)[4], uint64_t b, float (&d)[N], ScaleOut scale,
+                                   std::index_sequence<I...>) {
+  Op::fma(a[0], a[1], a[2], a[3], b, d[I]..., scale);
 }
 
 // Shared memory that cp.async (the generic proxy) wrote is read next by wgmma (the async proxy).
 __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// Starts s = the query tile times the 64 keys of the K tile, both from shared memory (s as qk_tile's), as
-// one wgmma group; s is read only after wait().
+// Starts s = the warp's query rows (mma A fragments in registers, loaded once per CTA) times the 64 keys of
+// the K tile (s as qk_tile's), as one wgmma group; s is read only after wait(). Q from registers halves the
+// shared-memory reads of Q K^T, which at m64n64k16 would otherwise take all of the SM's shared bandwidth.
 template <typename T, int D>
-__device__ __forceinline__ void qk_issue(float (&s)[32], uint32_t q_tile, uint32_t k_tile) {
+__device__ __forceinline__ void qk_issue(float (&s)[32], const uint32_t (&qa)[D / 16][4], uint32_t k_tile) {
   cute::warpgroup_arrive();
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk)
-    ss<typename Ops<T>::QK>(k_major<D>(q_tile, kk), k_major<D>(k_tile, kk), s, kk == 0 ? ScaleOut::Zero : ScaleOut::One,
+    rs<typename Ops<T>::QK>(qa[kk], k_major<D>(k_tile, kk), s, kk == 0 ? ScaleOut::Zero : ScaleOut::One,
                             std::make_index_sequence<32>{});
   cute::warpgroup_commit_batch();
 }
 
-// Starts o += P V, P from registers (exponentiated s), V from its shared-memory tile (o as pv_tile's), as one
-// wgmma group; o is touched again only after wait().
+// Starts o += P V, P (packed by p_fragment) from registers, V from its shared-memory tile (o as pv_tile's), as
+// one wgmma group; neither o nor p may be touched again before wait().
 template <typename T, int D>
-__device__ __forceinline__ void pv_issue(float (&o)[D / 2], const float (&p)[32], uint32_t v_tile) {
-  uint32_t a[4][4];
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) p_fragment<T>(a[kk], p, kk);
+__device__ __forceinline__ void pv_issue(float (&o)[D / 2], const uint32_t (&pa)[4][4], uint32_t v_tile) {
   fence(o);
   cute::warpgroup_arrive();
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk)
-    rs<typename Ops<T>::template PV<D>>(a[kk], mn_major<D>(v_tile, kk), o, std::make_index_sequence<D / 2>{});
+    rs<typename Ops<T>::template PV<D>>(pa[kk], mn_major<D>(v_tile, kk), o, ScaleOut::One,
+                                        std::make_index_sequence<D / 2>{});
   cute::warpgroup_commit_batch();
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) cute::warpgroup_fence_operand(a[kk][i]);
 }
 
 // Waits until at most `pending` of this warpgroup's wgmma groups are still running (groups finish in order),
