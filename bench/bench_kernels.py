@@ -141,11 +141,13 @@ def main(
     config: Annotated[Path | None, typer.Option(help=f"path of {CONFIG_NAME}")] = None,
     out: Annotated[Path | None, typer.Option(help="write the markdown table here")] = None,
     compare_library: Annotated[
-        Path | None, typer.Option(help="another build of libminfer_kernels.so, timed on the same inputs (before/after)")
+        list[Path] | None,
+        typer.Option(help="another build of libminfer_kernels.so, timed on the same inputs (repeat for several)"),
     ] = None,
 ) -> None:
     library = kernels.load_library()
-    other = kernels.KernelLibrary(compare_library) if compare_library else None
+    compare_library = compare_library or []
+    others = [kernels.KernelLibrary(path) for path in compare_library]
     patterns = layer_patterns(config, layer)
     seqs = [int(s) for s in lengths.split(",")]
     if "iid" in families.split(",")[1:]:
@@ -167,9 +169,9 @@ def main(
                     q, k, v = make_inputs(family, seq, seed=2)
                 layer_run = SparseLayer(library, patterns, q, k, v)
                 total = median_ms(layer_run, reps=2 * scale_reps + 1)
-                compared_ms = (
-                    median_ms(SparseLayer(other, patterns, q, k, v), reps=2 * scale_reps + 1) if other else None
-                )
+                compared_ms = [
+                    median_ms(SparseLayer(other, patterns, q, k, v), reps=2 * scale_reps + 1) for other in others
+                ]
                 index_ms, attention_ms = layer_run.kernel_ms()
                 tiles = layer_run.tiles()
                 flops = tiles * 4 * 64 * 64 * D
@@ -201,14 +203,14 @@ def main(
         out.write_text(table)
 
 
-def render(rows: list[dict], device: str, compare_library: Path | None = None) -> str:
-    compared = f" | {compare_library} ms" if compare_library else ""
+def render(rows: list[dict], device: str, compare_library: list[Path]) -> str:
+    compared = "".join(f" | {path} ms" for path in compare_library)
     lines = [
         f"Device: {device}. Dense: torch SDPA (cuDNN and flash backends; speedup against the faster), causal, GQA.",
         "",
         "| S | inputs | selected (of dense) | sparse ms | cuDNN ms | flash ms | speedup | TFLOP/s on tiles | index share "
         f"| index ms | workspace MiB{compared} |",
-        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if compare_library else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(compare_library),
     ]
     for r in rows:
         dense = r["dense"]
@@ -216,7 +218,7 @@ def render(rows: list[dict], device: str, compare_library: Path | None = None) -
             f"| {r['S'] // 1024}K | {r['family']} | {100 * r['fraction']:.1f}% | {r['sparse_ms']:.1f} | "
             f"{dense.get('cudnn', float('nan')):.0f} | {dense.get('flash', float('nan')):.0f} | "
             f"{r['speedup']:.1f}x | {r['tflops']:.0f} | {100 * r['index_share']:.1f}% | {r['index_ms']:.1f} | "
-            f"{r['workspace_mib']:.0f} |" + (f" {r['compared_ms']:.1f} |" if compare_library else "")
+            f"{r['workspace_mib']:.0f} |" + "".join(f" {ms:.1f} |" for ms in r["compared_ms"])
         )
     return "\n".join(lines) + "\n"
 
