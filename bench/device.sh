@@ -2,7 +2,8 @@
 # One command on the GPU machine: build the native code, run every GPU test, compute-sanitizer at small
 # sizes, the kernel benchmark, the pattern-search timing and the end-to-end pre-fill benchmark.
 # Stages (comma-separated): all (= build,test,sanitize,bench), build, test, sanitize, bench, search, e2e,
-# profile (ncu). Logs go to $OUT. BENCH_ARGS, E2E_ARGS and PYTEST_ARGS pass options on.
+# profile (ncu), variants (other builds from bench/build_variants.sh: the GPU kernel tests on each, then one
+# benchmark of the tree beside those that passed). Logs go to $OUT. BENCH_ARGS, E2E_ARGS and PYTEST_ARGS pass options on.
 # Example (device tool, with carry [".whl", ".carry"]): bash bench/device.sh build,test,search,e2e
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ if [[ -n $wheels ]]; then  # what the GPU image lacks (../shared/gpu/README.md):
     && export PYTHONPATH=$PYTHONPATH:/tmp/minfer-site
 fi
 stages=${1:-all}
-has() { [[ ($stages == all && $1 != profile) || ,$stages, == *,$1,* ]]; }
+has() { [[ ($stages == all && $1 != profile && $1 != variants) || ,$stages, == *,$1,* ]]; }
 status=0
 
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
@@ -48,6 +49,21 @@ if has sanitize; then
 fi
 if has bench; then
   python bench/bench_kernels.py ${BENCH_ARGS:-} --out "$OUT/bench.md" 2>&1 | tee "$OUT/bench.log" | tail -40
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
+if has variants; then
+  compare=()
+  for lib in build-var-*/libminfer_kernels.so; do
+    [[ -f $lib ]] || continue
+    name=$(dirname "$lib")
+    # a hung variant must not take the whole run: each gets VARIANT_TIMEOUT seconds
+    MINFER_KERNELS_LIB=$PWD/$lib timeout "${VARIANT_TIMEOUT:-240}" python -m pytest -q -x -m gpu tests/test_kernels_gpu.py \
+      --deselect tests/test_kernels_gpu.py::test_sm80_path_from_ptx >"$OUT/tests-$name.log" 2>&1
+    rc=$?
+    echo "$name: tests exit $rc ($(tail -1 "$OUT/tests-$name.log"))"
+    if [[ $rc == 0 ]]; then compare+=(--compare-library "$lib"); else status=1; fi
+  done
+  python bench/bench_kernels.py ${BENCH_ARGS:-} "${compare[@]}" --out "$OUT/variants.md" 2>&1 | tee "$OUT/variants.log" | grep "^|"
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 if has search; then  # issue 5: one 8B-shaped layer at 128K
