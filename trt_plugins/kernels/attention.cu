@@ -195,12 +195,12 @@ __device__ __forceinline__ void attend_block(const LaunchParams& p, char* smem, 
   wgmma::qk_issue<T, D>(s, qa, k_tiles);
   wgmma::wait<0>(s);
   rows.softmax_tile(s, alpha, tile, keys, 0, hp, seq, p.scale_log2);  // o is still 0: nothing to rescale
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) p_fragment<T>(pa[kk], s, kk);
+  p_fragments<T>(pa, s);
+  auto next_v_stage = [](int v_stage) { return v_stage == 2 ? 0 : v_stage + 1; };
   int v_pending = 0;  // V stage of the tile whose P V is pending
   for (int k_stage = 1; next.uses; k_stage ^= 1) {
     tile = next;
-    const int v_stage = v_pending == 2 ? 0 : v_pending + 1;
+    const int v_stage = next_v_stage(v_pending);
     // this tile's K/V have landed; every thread is done with the previous tile's K and keys and with the V
     // before it (their products were waited for)
     cp_async_wait<0>();
@@ -210,14 +210,13 @@ __device__ __forceinline__ void attend_block(const LaunchParams& p, char* smem, 
     wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + v_pending * kTile);
     next = schedule.next(source, seq, keys + (k_stage ^ 1) * kBlock);
     if (next.uses)
-      load_kv<T, D>(k_tiles + (k_stage ^ 1) * kTile, v_tiles + (v_stage == 2 ? 0 : v_stage + 1) * kTile, k_head,
+      load_kv<T, D>(k_tiles + (k_stage ^ 1) * kTile, v_tiles + next_v_stage(v_stage) * kTile, k_head,
                     v_head, next, keys + (k_stage ^ 1) * kBlock, seq);
     wgmma::wait<1>(s);
     rows.softmax_tile(s, alpha, tile, keys + k_stage * kBlock, 0, hp, seq, p.scale_log2);
     wgmma::wait<0>(rows.o);
     rows.rescale(alpha);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) p_fragment<T>(pa[kk], s, kk);
+    p_fragments<T>(pa, s);
     v_pending = v_stage;
   }
   wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + v_pending * kTile);

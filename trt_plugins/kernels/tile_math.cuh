@@ -184,6 +184,13 @@ __device__ __forceinline__ void p_fragment(uint32_t (&a)[4], const float (&p)[32
   a[3] = MmaType<T>::pack(p[8 * kk + 6], p[8 * kk + 7]);
 }
 
+// All 4 key steps of P as A fragments (what a P V from registers reads).
+template <typename T>
+__device__ __forceinline__ void p_fragments(uint32_t (&a)[4][4], const float (&p)[32]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) p_fragment<T>(a[kk], p, kk);
+}
+
 // o += P V for the warp's 16 rows (o in the same layout over D columns), V a 64 x D tile.
 template <typename T, int D>
 __device__ __forceinline__ void pv_tile(float (&o)[D / 2], const float (&p)[32], uint32_t v_tile) {
