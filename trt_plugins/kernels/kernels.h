@@ -25,7 +25,7 @@ cudaError_t launch_debug_tiles(const LaunchParams& p, const char* ws, const int3
                                int32_t max_tiles, int32_t* tile_keys, int32_t* tile_counts, cudaStream_t stream);
 
 // Query blocks per CTA of the attention grid for the loaded binary: 1 where it holds the sm_90a body, 2 (a pair)
-// elsewhere. Either body computes either grid correctly; this only picks the fast one.
+// elsewhere (read from the kernel's thread count, which differs between the bodies).
 cudaError_t attention_item_blocks(int* blocks);
 
 cudaError_t attention_kernel_versions(int* ptx_version, int* binary_version);
