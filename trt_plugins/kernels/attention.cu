@@ -1,10 +1,12 @@
 // The sparse attention forward: all heads of the layer in one launch, FlashAttention-2 style (online softmax in
 // fp32 over 64-key tiles filled by cp.async) over the tiles PairSchedule yields. Two bodies:
-// - sm_90a: one CTA (one warpgroup) per query block, Q in registers, Q K^T and P V as Hopper wgmma, software
-//   pipelined across tiles (tile t's Q K^T and tile t-1's P V run while tile t's softmax does);
-// - elsewhere (sm_80): one CTA per pair of query blocks, a chunk both blocks hold loaded once, mma.sync.
-// Both take one barrier per tile: chunk tiles are scheduled in registers, and the next tile's loads go out right
-// after the barrier that frees their buffers (docs/kernels.md).
+// - sm_90a: one CTA per query block of a consumer warpgroup (Q in registers, Q K^T and P V as Hopper wgmma,
+//   software pipelined across tiles) and a producer warpgroup that runs the tile schedule and the loads; they
+//   hand tiles over through three shared-memory stages with full/empty mbarriers (FlashAttention-3's warp
+//   specialisation), so the consumer issues no loads and meets no CTA barrier;
+// - elsewhere (sm_80): one CTA of one warpgroup per pair of query blocks, a chunk both blocks hold loaded once,
+//   mma.sync, one barrier per tile.
+// The launch reads the body's thread count back from the loaded binary (docs/kernels.md).
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -13,6 +15,11 @@
 #include "tile_math.cuh"
 #include "tile_source.cuh"
 #include "wgmma.cuh"
+
+#if MINFER_WGMMA
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+#endif
 
 namespace minfer {
 namespace {
@@ -28,21 +35,28 @@ struct PairSmem {
   static constexpr int kBytes = kSource + int(sizeof(PairSource));
 };
 
-// sm_90a body: P V of tile t-1 still reads its V while tile t+1 loads, so V has three stages (K two); Q passes
-// through the third V stage on its way to registers.
+// sm_90a body: a tile stays in its stage (K, V, gathered keys, TileDesc) until its P V is done, and the
+// producer fills the next stage meanwhile.
+constexpr int kStages = 3;
 template <int D>
-struct BlockSmem {
-  static constexpr int kK = 0;                            // two stages
-  static constexpr int kV = kK + 2 * Tile<D>::kBytes;     // three stages
-  static constexpr int kKeys = kV + 3 * Tile<D>::kBytes;  // int[2][64]
-  static constexpr int kSource = kKeys + 2 * kBlock * 4;  // PairSource (its second block absent)
+struct PipeSmem {
+  static constexpr int kK = 0;                                  // [kStages] tiles
+  static constexpr int kV = kK + kStages * Tile<D>::kBytes;     // [kStages] tiles
+  static constexpr int kKeys = kV + kStages * Tile<D>::kBytes;  // int[kStages][64]
+  static constexpr int kTiles = kKeys + kStages * kBlock * 4;   // TileDesc[kStages]
+  static constexpr int kFull = kTiles + kStages * 8;            // mbarrier[kStages]: the producer filled it
+  static constexpr int kEmpty = kFull + kStages * 8;            // mbarrier[kStages]: the consumer is done with it
+  static constexpr int kSource = kEmpty + kStages * 8;          // PairSource (its second block absent)
   static constexpr int kBytes = kSource + int(sizeof(PairSource));
 };
 
-// What the launch reserves: either body may run, whichever the loaded binary holds.
-template <int D>
-constexpr int kAttentionSmemBytes = PairSmem<D>::kBytes > BlockSmem<D>::kBytes ? PairSmem<D>::kBytes
-                                                                              : BlockSmem<D>::kBytes;
+// Threads of the attention CTA: consumer and producer warpgroups on sm_90a, one warpgroup elsewhere. The host
+// reads it back from the loaded binary (cudaFuncAttributes::maxThreadsPerBlock), so launch and body agree.
+#if MINFER_WGMMA
+constexpr int kAttentionThreads = 2 * kThreads;
+#else
+constexpr int kAttentionThreads = kThreads;
+#endif
 
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
@@ -58,7 +72,7 @@ struct BlockRows {
   int row0;  // this thread's rows are row0 and row0 + 8 (S <= 2^30)
 
   __device__ void init(int start_m) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3;  // the warp in its warpgroup
     row0 = start_m + 16 * warp + (lane >> 2);
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
@@ -143,7 +157,7 @@ struct BlockRows {
   }
 };
 
-// K and V of one tile into a stage's buffers, as one commit group.
+// K and V of one tile into a stage's buffers (the caller commits or signals them).
 template <typename T, int D>
 __device__ __forceinline__ void load_kv(uint32_t k_tile, uint32_t v_tile, const T* k_head, const T* v_head,
                                         const TileDesc& tile, const int* keys, int64_t seq) {
@@ -154,74 +168,133 @@ __device__ __forceinline__ void load_kv(uint32_t k_tile, uint32_t v_tile, const 
     load_row_range<T, D>(k_tile, k_head, tile.start, seq);
     load_row_range<T, D>(v_tile, v_head, tile.start, seq);
   }
-  cp_async_commit();
 }
 
 #if MINFER_WGMMA
-// Query block m, as one warpgroup: Q K^T of tile t and P V of tile t-1 go out as two wgmma groups, the softmax
-// of tile t waits only for the first, and o is rescaled once the second is done. Registers hold Q (32), o
-// (D / 2), the logits of tile t (32) and P of tile t-1 (16).
+// Registers per thread after setmaxnreg: the consumer holds Q (32), o (D / 2), a tile's logits (32) and P of the
+// pending P V (16); the producer only addresses. 2 CTAs of 256 threads share an SM's 64K registers.
+constexpr int kConsumerRegisters = 200, kProducerRegisters = 56;
+static_assert((kConsumerRegisters + kProducerRegisters) * kThreads * 2 <= 65536, "2 CTAs per SM");
+
+// The warp's query rows as wgmma A fragments, straight from global memory (rows past S read as 0): the
+// m16n8k16 A layout, a[i] = rows g + 8 (i & 1), columns 16kk + 2t + 8 (i >> 1) and the next one.
 template <typename T, int D>
-__device__ __forceinline__ void attend_block(const LaunchParams& p, char* smem, const char* ws, int b, int h, int m,
-                                             const T* q_head, const T* k_head, const T* v_head, T* out_head) {
-  using S = BlockSmem<D>;
+__device__ __forceinline__ void load_q_registers(uint32_t (&qa)[D / 16][4], const T* q_head, int start, int seq) {
+  const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = start + 16 * warp + g + 8 * (i & 1), col = 16 * kk + 2 * t + 8 * (i >> 1);
+      qa[kk][i] = row < seq ? __ldg(reinterpret_cast<const uint32_t*>(q_head + int64_t(row) * D + col)) : 0u;
+    }
+}
+
+// The producer warpgroup: the block's tiles in order, each into the next free stage, then a tile without uses
+// to say there are no more. Every producer thread arrives twice on the stage's full barrier: once when its
+// copies have landed (cp.async), once (release) after its stores of the keys and the TileDesc.
+template <typename T, int D>
+__device__ __forceinline__ void produce(PairSource& source, char* smem, const T* k_head, const T* v_head, int seq) {
+  using S = PipeSmem<D>;
+  using Barrier = cutlass::arch::ClusterBarrier;
+  const uint32_t k_tiles = smem_addr(smem + S::kK), v_tiles = smem_addr(smem + S::kV);
+  int* keys = reinterpret_cast<int*>(smem + S::kKeys);
+  TileDesc* tiles = reinterpret_cast<TileDesc*>(smem + S::kTiles);
+  auto* full = reinterpret_cast<uint64_t*>(smem + S::kFull);
+  auto* empty = reinterpret_cast<uint64_t*>(smem + S::kEmpty);
+  const ProducerGroup group;
+  PairSchedule schedule(source);
+  for (int stage = 0, phase = 0;;) {
+    Barrier::wait(empty + stage, phase ^ 1);  // the first round passes at once
+    int* stage_keys = keys + stage * kBlock;
+    const TileDesc tile = schedule.next(source, seq, stage_keys, group);
+    if (group.tid() == 0) tiles[stage] = tile;
+    if (tile.uses)
+      load_kv<T, D>(k_tiles + stage * Tile<D>::kBytes, v_tiles + stage * Tile<D>::kBytes, k_head, v_head, tile,
+                    stage_keys, seq);
+    cutlass::arch::cpasync_barrier_arrive_noinc(full + stage);
+    Barrier::arrive(full + stage);
+    if (!tile.uses) return;
+    if (++stage == kStages) stage = 0, phase ^= 1;
+  }
+}
+
+// The consumer warpgroup, query block m: Q K^T of tile t and P V of tile t-1 go out as two wgmma groups, the
+// softmax of tile t waits only for the first, and tile t-1's stage goes back to the producer once the second
+// is done.
+template <typename T, int D>
+__device__ __forceinline__ void consume(const LaunchParams& p, char* smem, int h, int m, const T* q_head,
+                                        T* out_head) {
+  using S = PipeSmem<D>;
+  using Barrier = cutlass::arch::ClusterBarrier;
   constexpr int kTile = Tile<D>::kBytes;
   const HeadParams& hp = p.heads[h];
   const int seq = int(p.seq_len);  // S <= 2^30
   const int start = m * kBlock;
   const uint32_t k_tiles = smem_addr(smem + S::kK), v_tiles = smem_addr(smem + S::kV);
-  int* keys = reinterpret_cast<int*>(smem + S::kKeys);
-  PairSource& source = *reinterpret_cast<PairSource*>(smem + S::kSource);
+  const int* keys = reinterpret_cast<const int*>(smem + S::kKeys);
+  const TileDesc* tiles = reinterpret_cast<const TileDesc*>(smem + S::kTiles);
+  auto* full = reinterpret_cast<uint64_t*>(smem + S::kFull);
+  auto* empty = reinterpret_cast<uint64_t*>(smem + S::kEmpty);
 
-  load_row_range<T, D>(v_tiles + 2 * kTile, q_head, start, seq);
-  cp_async_commit();
-  if (threadIdx.x == 0) source.init(p, ws, b, h, m, -1);
-  __syncthreads();
-  PairSchedule schedule(source);
-  TileDesc tile = schedule.next(source, seq, keys);  // the block has at least its diagonal chunk
-  load_kv<T, D>(k_tiles, v_tiles, k_head, v_head, tile, keys, seq);
-  cp_async_wait<0>();
-  wgmma::fence_async_shared();
-  __syncthreads();
   uint32_t qa[D / 16][4];
-  load_q_fragments<D>(qa, v_tiles + 2 * kTile);  // V stage 2 is next written after the loop's first barrier
-  TileDesc next = schedule.next(source, seq, keys + kBlock);
-  if (next.uses) load_kv<T, D>(k_tiles + kTile, v_tiles + kTile, k_head, v_head, next, keys + kBlock, seq);
-
+  load_q_registers<T, D>(qa, q_head, start, seq);
   BlockRows<D> rows;
   rows.init(start);
   float s[32], alpha[2];
   uint32_t pa[4][4];  // P of the tile whose P V is pending
-  wgmma::qk_issue<T, D>(s, qa, k_tiles);
+  Barrier::wait(full, 0);
+  wgmma::fence_async_shared();
+  wgmma::qk_issue<T, D>(s, qa, k_tiles);  // the block has at least its diagonal chunk
   wgmma::wait<0>(s);
-  rows.softmax_tile(s, alpha, tile, keys, 0, hp, seq, p.scale_log2);  // o is still 0: nothing to rescale
+  rows.softmax_tile(s, alpha, tiles[0], keys, 0, hp, seq, p.scale_log2);  // o is still 0: nothing to rescale
   p_fragments<T>(pa, s);
-  auto next_v_stage = [](int v_stage) { return v_stage == 2 ? 0 : v_stage + 1; };
-  int v_pending = 0;  // V stage of the tile whose P V is pending
-  for (int k_stage = 1; next.uses; k_stage ^= 1) {
-    tile = next;
-    const int v_stage = next_v_stage(v_pending);
-    // this tile's K/V have landed; every thread is done with the previous tile's K and keys and with the V
-    // before it (their products were waited for)
-    cp_async_wait<0>();
+  int pending = 0;  // stage of the tile whose P V is pending
+  for (int stage = 1, phase = 0;; ) {
+    if (stage == 0) phase ^= 1;
+    Barrier::wait(full + stage, phase);
+    const TileDesc tile = tiles[stage];
+    if (!tile.uses) break;
     wgmma::fence_async_shared();
-    __syncthreads();
-    wgmma::qk_issue<T, D>(s, qa, k_tiles + k_stage * kTile);
-    wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + v_pending * kTile);
-    next = schedule.next(source, seq, keys + (k_stage ^ 1) * kBlock);
-    if (next.uses)
-      load_kv<T, D>(k_tiles + (k_stage ^ 1) * kTile, v_tiles + next_v_stage(v_stage) * kTile, k_head,
-                    v_head, next, keys + (k_stage ^ 1) * kBlock, seq);
+    wgmma::qk_issue<T, D>(s, qa, k_tiles + stage * kTile);
+    wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + pending * kTile);
     wgmma::wait<1>(s);
-    rows.softmax_tile(s, alpha, tile, keys + k_stage * kBlock, 0, hp, seq, p.scale_log2);
+    rows.softmax_tile(s, alpha, tile, keys + stage * kBlock, 0, hp, seq, p.scale_log2);
     wgmma::wait<0>(rows.o);
+    Barrier::arrive(empty + pending);
     rows.rescale(alpha);
     p_fragments<T>(pa, s);
-    v_pending = v_stage;
+    pending = stage;
+    stage = stage + 1 == kStages ? 0 : stage + 1;
   }
-  wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + v_pending * kTile);
+  wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + pending * kTile);
   wgmma::wait<0>(rows.o);
   rows.store(out_head, seq);
+}
+
+// Query block m: warpgroup 0 consumes, warpgroup 1 produces.
+template <typename T, int D>
+__device__ __forceinline__ void attend_block(const LaunchParams& p, char* smem, const char* ws, int b, int h, int m,
+                                             const T* q_head, const T* k_head, const T* v_head, T* out_head) {
+  using S = PipeSmem<D>;
+  PairSource& source = *reinterpret_cast<PairSource*>(smem + S::kSource);
+  if (threadIdx.x == 0) {
+    source.init(p, ws, b, h, m, -1);
+    for (int i = 0; i < kStages; ++i) {
+      cutlass::arch::ClusterBarrier::init(reinterpret_cast<uint64_t*>(smem + S::kFull) + i, 2 * kThreads);
+      cutlass::arch::ClusterBarrier::init(reinterpret_cast<uint64_t*>(smem + S::kEmpty) + i, kThreads);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+  // broadcast from lane 0, so ptxas sees the branch is the same in the whole warp (C7520 otherwise)
+  if (__shfl_sync(0xffffffffu, int(threadIdx.x) / kThreads, 0) == 1) {
+    cutlass::arch::warpgroup_reg_dealloc<kProducerRegisters>();
+    produce<T, D>(source, smem, k_head, v_head, int(p.seq_len));
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<kConsumerRegisters>();
+    consume<T, D>(p, smem, h, m, q_head, out_head);
+  }
 }
 #else
 // Query blocks m0 and m1 (m1 < 0: none) as one pair, each tile computed for the blocks that hold it.
@@ -245,6 +318,7 @@ __device__ __forceinline__ void attend_pair(const LaunchParams& p, char* smem, c
   PairSchedule schedule(source);
   TileDesc tile = schedule.next(source, seq, keys);  // the first block has at least its diagonal chunk
   load_kv<T, D>(k_tiles, v_tiles, k_head, v_head, tile, keys, seq);
+  cp_async_commit();
 
   BlockRows<D> block[2];
   block[0].init(start0);
@@ -257,6 +331,7 @@ __device__ __forceinline__ void attend_pair(const LaunchParams& p, char* smem, c
     if (next.uses)
       load_kv<T, D>(k_tiles + (stage ^ 1) * Tile<D>::kBytes, v_tiles + (stage ^ 1) * Tile<D>::kBytes, k_head,
                     v_head, next, keys + (stage ^ 1) * kBlock, seq);
+    cp_async_commit();
     const uint32_t k_tile = k_tiles + stage * Tile<D>::kBytes, v_tile = v_tiles + stage * Tile<D>::kBytes;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
@@ -276,25 +351,21 @@ __device__ __forceinline__ void attend_pair(const LaunchParams& p, char* smem, c
 #endif
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, 2)
+__global__ void __launch_bounds__(kAttentionThreads, 2)
     attention_kernel(const __grid_constant__ LaunchParams p, const T* q, const T* k, const T* v, T* out,
                      const char* ws) {
   extern __shared__ __align__(1024) char smem[];  // wgmma's swizzle needs 1 KB aligned tiles
   int b, h, m0;
   decode_work_item(p, blockIdx.x, b, h, m0);
-  const int m1 = p.item_blocks == 2 && m0 + 1 < p.num_blocks ? m0 + 1 : -1;
   const int64_t seq = p.seq_len, kvh = h / p.group;
   const T* q_head = q + (int64_t(b) * p.num_q_heads + h) * seq * D;
   const T* k_head = k + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
   const T* v_head = v + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
   T* out_head = out + (int64_t(b) * p.num_q_heads + h) * seq * D;
 #if MINFER_WGMMA
-  attend_block<T, D>(p, smem, ws, b, h, m0, q_head, k_head, v_head, out_head);
-  if (m1 >= 0) {
-    __syncthreads();  // the shared buffers and the tile source start over
-    attend_block<T, D>(p, smem, ws, b, h, m1, q_head, k_head, v_head, out_head);
-  }
+  attend_block<T, D>(p, smem, ws, b, h, m0, q_head, k_head, v_head, out_head);  // item_blocks is 1
 #else
+  const int m1 = p.item_blocks == 2 && m0 + 1 < p.num_blocks ? m0 + 1 : -1;
   attend_pair<T, D>(p, smem, ws, b, h, m0, m1, q_head, k_head, v_head, out_head);
 #endif
 }
@@ -325,15 +396,37 @@ __global__ void __launch_bounds__(kThreads) debug_tiles_kernel(const __grid_cons
   if (threadIdx.x == 0) tile_counts[item] = count;
 }
 
+// The loaded binary's body, told by its thread count: 2 warpgroups and one query block per CTA (sm_90a), or 1
+// warpgroup and a pair. Returns the launch's params with item_blocks set to match.
+struct AttentionBody {
+  int threads, smem;
+  LaunchParams p;
+};
+
+template <typename T, int D>
+cudaError_t attention_body(const LaunchParams& p, AttentionBody& body) {
+  cudaFuncAttributes attributes;
+  const cudaError_t err = cudaFuncGetAttributes(&attributes, attention_kernel<T, D>);
+  if (err != cudaSuccess) return err;
+  const bool pipelined = attributes.maxThreadsPerBlock >= 2 * kThreads;
+  body = {pipelined ? 2 * kThreads : kThreads, pipelined ? PipeSmem<D>::kBytes : PairSmem<D>::kBytes, p};
+  body.p.item_blocks = pipelined ? 1 : 2;
+  return cudaSuccess;
+}
+
 template <typename T, int D>
 cudaError_t launch_attention_typed(const LaunchParams& p, const void* q, const void* k, const void* v, void* out,
                                    const char* ws, cudaStream_t stream) {
-  const int smem = kAttentionSmemBytes<D>;
-  cudaError_t err = cudaFuncSetAttribute(attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  AttentionBody body;
+  cudaError_t err = attention_body<T, D>(p, body);
   if (err != cudaSuccess) return err;
-  const int64_t items = int64_t((p.num_blocks + p.item_blocks - 1) / p.item_blocks) * p.batch * p.num_q_heads;
-  attention_kernel<T, D><<<dim3(unsigned(items)), kThreads, smem, stream>>>(
-      p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(out), ws);
+  err = cudaFuncSetAttribute(attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, body.smem);
+  if (err != cudaSuccess) return err;
+  const int blocks = body.p.item_blocks;
+  const int64_t items = int64_t((p.num_blocks + blocks - 1) / blocks) * p.batch * p.num_q_heads;
+  attention_kernel<T, D><<<dim3(unsigned(items)), body.threads, body.smem, stream>>>(
+      body.p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(out),
+      ws);
   return cudaGetLastError();
 }
 
@@ -351,17 +444,12 @@ cudaError_t launch_attention(const LaunchParams& p, minfer_dtype dtype, int head
 cudaError_t launch_debug_tiles(const LaunchParams& p, const char* ws, const int32_t* items, int64_t num_items,
                                int32_t max_tiles, int32_t* tile_keys, int32_t* tile_counts, cudaStream_t stream) {
   if (num_items == 0) return cudaSuccess;
-  debug_tiles_kernel<<<dim3(unsigned(num_items)), kThreads, 0, stream>>>(p, ws, items, max_tiles, tile_keys,
+  AttentionBody body;  // the schedule of the grid the attention kernel runs
+  const cudaError_t err = attention_body<__nv_bfloat16, 128>(p, body);
+  if (err != cudaSuccess) return err;
+  debug_tiles_kernel<<<dim3(unsigned(num_items)), kThreads, 0, stream>>>(body.p, ws, items, max_tiles, tile_keys,
                                                                          tile_counts);
   return cudaGetLastError();
-}
-
-cudaError_t attention_item_blocks(int* blocks) {
-  cudaFuncAttributes attributes;
-  const cudaError_t err = cudaFuncGetAttributes(&attributes, attention_kernel<__nv_bfloat16, 128>);
-  if (err != cudaSuccess) return err;
-  *blocks = attributes.ptxVersion >= 90 ? 1 : 2;
-  return cudaSuccess;
 }
 
 cudaError_t attention_kernel_versions(int* ptx_version, int* binary_version) {

@@ -18,15 +18,12 @@ cudaError_t launch_block_sparse_index(const LaunchParams& p, minfer_dtype dtype,
 cudaError_t launch_block_scores(const LaunchParams& p, int head_dim, const char* ws, float* scores,
                                 cudaStream_t stream);
 
+// Sets the grid (one query block or a pair per CTA, LaunchParams::item_blocks) to the loaded binary's body.
 cudaError_t launch_attention(const LaunchParams& p, minfer_dtype dtype, int head_dim, const void* q, const void* k,
                              const void* v, void* out, const char* ws, cudaStream_t stream);
 
 cudaError_t launch_debug_tiles(const LaunchParams& p, const char* ws, const int32_t* items, int64_t num_items,
                                int32_t max_tiles, int32_t* tile_keys, int32_t* tile_counts, cudaStream_t stream);
-
-// Query blocks per CTA of the attention grid for the loaded binary: 1 where it holds the sm_90a body, 2 (a pair)
-// elsewhere. Either body computes either grid correctly; this only picks the fast one.
-cudaError_t attention_item_blocks(int* blocks);
 
 cudaError_t attention_kernel_versions(int* ptx_version, int* binary_version);
 

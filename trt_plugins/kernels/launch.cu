@@ -166,8 +166,6 @@ extern "C" minfer_status minfer_launch(const minfer_pattern* pattern, const minf
   }
   status = minfer::check_workspace(p, workspace, workspace_bytes);
   if (status != MINFER_OK) return status;
-  status = minfer::cuda_status(minfer::attention_item_blocks(&p.item_blocks), "cudaFuncGetAttributes");
-  if (status != MINFER_OK) return status;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   char* ws = static_cast<char*>(workspace);
   const int head_dim = int(problem->head_dim);
@@ -187,8 +185,6 @@ extern "C" minfer_status minfer_debug_tiles(const minfer_pattern* pattern, const
                                             int32_t* tile_counts, void* stream) {
   minfer::LaunchParams p;
   minfer_status status = minfer::plan_with_workspace(pattern, problem, workspace, workspace_bytes, p);
-  if (status != MINFER_OK) return status;
-  status = minfer::cuda_status(minfer::attention_item_blocks(&p.item_blocks), "cudaFuncGetAttributes");
   if (status != MINFER_OK) return status;
   return minfer::cuda_status(
       minfer::launch_debug_tiles(p, static_cast<const char*>(workspace), items, num_items, max_tiles, tile_keys,

@@ -82,14 +82,15 @@ struct Tile {
   }
 };
 
-// How a CTA's threads split a tile load: thread t copies 16-byte chunk t % kChunks of rows t / kChunks + k *
+// How a warpgroup's threads split a tile load (t = threadIdx.x % kThreads, so the sm_90a producer warpgroup,
+// threads 128..255, loads the same way): thread t copies 16-byte chunk t % kChunks of rows t / kChunks + k *
 // kRowStep. kRowStep is a multiple of 8, so all of a thread's rows have the same swizzle and its shared-memory
 // offset advances by kRowStep rows per copy (no per-copy index arithmetic).
 template <int D>
 struct TileLoad {
   static constexpr int kRowStep = kThreads / Tile<D>::kChunks;  // 8 at D = 128, 16 at D = 64
   static_assert(kRowStep % 8 == 0 && 64 % kRowStep == 0, "rows of one thread must share the swizzle");
-  static __device__ __forceinline__ int first_row() { return threadIdx.x / Tile<D>::kChunks; }
+  static __device__ __forceinline__ int first_row() { return threadIdx.x % kThreads / Tile<D>::kChunks; }
   static __device__ __forceinline__ int chunk() { return threadIdx.x % Tile<D>::kChunks; }
   static __device__ __forceinline__ uint32_t dst(uint32_t tile, int k) {
     return tile + Tile<D>::offset(first_row(), chunk()) + k * kRowStep * 128;

@@ -7,8 +7,20 @@
 #include <stdint.h>
 
 #include "params.h"
+#include "tile_math.cuh"
 
 namespace minfer {
+
+// The threads that run a tile schedule together (the column gather synchronises them): the whole CTA, or on
+// sm_90a the producer warpgroup alone (threads 128..255), on named barrier 1, so the consumer never waits on it.
+struct CtaGroup {
+  __device__ int tid() const { return threadIdx.x; }
+  __device__ void sync() const { __syncthreads(); }
+};
+struct ProducerGroup {
+  __device__ int tid() const { return int(threadIdx.x) - kThreads; }
+  __device__ void sync() const { asm volatile("bar.sync 1, %0;\n" ::"n"(kThreads) : "memory"); }
+};
 
 // One query block's tiles. Lives in shared memory: thread 0 initialises it, then it is read-only except for
 // the column gather, which the whole CTA runs together (next_columns synchronises). Chunks are walked by a
@@ -86,13 +98,14 @@ struct TileSource {
   }
 
   // Writes the next 64 gathered columns that no chunk of this block holds to keys[] (-1 padded); false when
-  // none are left. Column tiles always take the token mask.
-  __device__ bool next_columns(int* keys) {
+  // none are left. Column tiles always take the token mask. Run by a group of at least 64 threads together.
+  template <typename Group>
+  __device__ bool next_columns(int* keys, Group group) {
     if (kind != MINFER_VERTICAL_SLASH) return false;
-    const int tid = threadIdx.x;
+    const int tid = group.tid();
     while (true) {
       const int pend = pending_n, pos = col_pos, end = col_end;
-      __syncthreads();
+      group.sync();
       if (pend >= kBlock || pos >= end) break;
       int v = -1;
       bool keep = false;
@@ -104,23 +117,23 @@ struct TileSource {
       const unsigned ballot = __ballot_sync(0xffffffffu, keep);
       const int lane = tid & 31, warp = tid >> 5;
       if (warp < 2 && lane == 0) warp_count[warp] = __popc(ballot);
-      __syncthreads();
+      group.sync();
       if (keep) pending[pend + (warp == 1 ? warp_count[0] : 0) + __popc(ballot & ((1u << lane) - 1u))] = v;
       if (tid == 0) {
         pending_n = pend + warp_count[0] + warp_count[1];
         col_pos = pos + kBlock;
       }
-      __syncthreads();
+      group.sync();
     }
     const int pend = pending_n;
     if (pend == 0) return false;
     if (tid < kBlock) keys[tid] = tid < pend ? pending[tid] : -1;
     const int rest = max(pend - kBlock, 0);
     const int carry = tid < rest ? pending[kBlock + tid] : 0;
-    __syncthreads();
+    group.sync();
     if (tid < rest) pending[tid] = carry;
     if (tid == 0) pending_n = rest;
-    __syncthreads();
+    group.sync();
     return true;
   }
 };
@@ -161,8 +174,9 @@ struct PairSchedule {
     }
   }
 
-  // Called by every thread together (the column gather synchronises the CTA).
-  __device__ TileDesc next(PairSource& src, int64_t seq_len, int* keys) {
+  // Called by every thread of the group together (the column gather synchronises it).
+  template <typename Group = CtaGroup>
+  __device__ TileDesc next(PairSource& src, int64_t seq_len, int* keys, Group group = {}) {
     if (head[0] != TileSource::kNoChunk || head[1] != TileSource::kNoChunk) {
       const int start = min(head[0], head[1]);
       int uses = 0;
@@ -174,8 +188,8 @@ struct PairSchedule {
       }
       return {uses, start};
     }
-    if (src.block[0].next_columns(keys)) return {kUsesFirst | kMaskFirst, kGathered};
-    if (src.block[1].next_columns(keys)) return {kUsesSecond | kMaskSecond, kGathered};
+    if (src.block[0].next_columns(keys, group)) return {kUsesFirst | kMaskFirst, kGathered};
+    if (src.block[1].next_columns(keys, group)) return {kUsesSecond | kMaskSecond, kGathered};
     return {0, 0};
   }
 };
