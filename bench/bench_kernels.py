@@ -203,6 +203,11 @@ def main(
         out.write_text(table)
 
 
+def _ms(value: float | None) -> str:
+    """A dense backend's time, or a dash where --dense left it out (never a made-up number)."""
+    return "-" if value is None else f"{value:.0f}"
+
+
 def render(rows: list[dict], device: str, compare_library: list[Path]) -> str:
     compared = "".join(f" | {path} ms" for path in compare_library)
     lines = [
@@ -216,7 +221,7 @@ def render(rows: list[dict], device: str, compare_library: list[Path]) -> str:
         dense = r["dense"]
         lines.append(
             f"| {r['S'] // 1024}K | {r['family']} | {100 * r['fraction']:.1f}% | {r['sparse_ms']:.1f} | "
-            f"{dense.get('cudnn', float('nan')):.0f} | {dense.get('flash', float('nan')):.0f} | "
+            f"{_ms(dense.get('cudnn'))} | {_ms(dense.get('flash'))} | "
             f"{r['speedup']:.1f}x | {r['tflops']:.0f} | {100 * r['index_share']:.1f}% | {r['index_ms']:.1f} | "
             f"{r['workspace_mib']:.0f} |" + "".join(f" {ms:.1f} |" for ms in r["compared_ms"])
         )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -156,6 +157,35 @@ def measure(model: LlamaForCausalLM, layers: torch.nn.ModuleList, ids: torch.Ten
     }
 
 
+KERNEL_KINDS = (  # first match wins; names as the profiler records the kernels
+    ("minfer attention", re.compile(r"minfer::.*attention_kernel")),
+    ("minfer index", re.compile(r"minfer::")),
+    ("dense attention", re.compile(r"flash|fmha|sdpa|cudnn", re.IGNORECASE)),
+    ("GEMM", re.compile(r"gemm|nvjet|xmma|cutlass|sm90_", re.IGNORECASE)),
+)
+
+
+@torch.no_grad()
+def profile_layer(model: LlamaForCausalLM, layers: torch.nn.ModuleList, ids: torch.Tensor, top: int = 12) -> dict:
+    """Device ms per kind of kernel in a 1-layer pre-fill (after a warm-up), and the largest kernels.
+
+    Says where the time outside attention goes (GEMMs against norms, rotary embedding and copies), which the
+    whole-model times cannot.
+    """
+    _truncate(model, layers, 1)
+    time_prefill(model, ids, 1)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        torch.cuda.synchronize()
+    kinds: dict[str, float] = {}
+    kernels = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
+    for event in kernels:
+        kind = next((name for name, pattern in KERNEL_KINDS if pattern.search(event.key)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + event.device_time_total / 1e3
+    largest = [{"kernel": e.key[:120], "ms": e.device_time_total / 1e3, "calls": e.count} for e in kernels[:top]]
+    return {"ms_by_kind": kinds, "total_ms": sum(kinds.values()), "largest": largest}
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     shape = SMOKE if args.smoke else LLAMA_3_8B
     device = "cpu" if args.smoke else "cuda"
@@ -172,6 +202,9 @@ def run(args: argparse.Namespace) -> list[dict]:
         # sparse: all 32 layers, MInference's per-layer, per-head budgets
         minfer.patch(model, patterns, chunk_size=args.chunk)
         try:
+            if args.profile and device == "cuda":
+                row["sparse_profile"] = profile_layer(model, all_layers, ids)
+                print(json.dumps(row["sparse_profile"], indent=1), flush=True)
             result = measure(model, all_layers, ids, True, repeats)
         finally:
             minfer.unpatch(model)
@@ -207,6 +240,9 @@ def main() -> None:
     )
     parser.add_argument("--chunk", type=int, default=65536, help="sequence chunk of the per-token modules")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile a 1-layer sparse pre-fill: device ms per kind of kernel"
+    )
     parser.add_argument(
         "--smoke", action="store_true", help="a tiny model on the CPU: checks the script, times nothing real"
     )
