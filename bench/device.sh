@@ -27,7 +27,8 @@ if has build || [[ ! -f build/libminfer_kernels.so ]]; then
     || { tail -40 "$OUT/build.log"; exit 1; }
   echo "build: $(($(date +%s) - start)) s"
   # the sm_90a attention kernel must run on Hopper's warpgroup MMA (HGMMA), not on HMMA
-  command -v cuobjdump >/dev/null && echo "sm_90a SASS: $(cuobjdump -sass -arch sm_90a build/libminfer_kernels.so | grep -c HGMMA) HGMMA instructions"
+  command -v cuobjdump >/dev/null && echo "sm_90a SASS: $(cuobjdump -sass -arch sm_90a build/libminfer_kernels.so | grep -c HGMMA) HGMMA instructions" \
+    && python3 bench/sass_order.py build/libminfer_kernels.so | tail -1  # did ptxas keep the softmax beside P V?
   # the A100 path as PTX only, JIT-compiled on this GPU by tests/test_kernels_gpu.py::test_sm80_path_from_ptx
   { cmake -S . -B build-ptx80 -G Ninja -DCMAKE_BUILD_TYPE=Release \
       "-DMINFER_CUDA_GENCODE=-gencode=arch=compute_80,code=compute_80" && cmake --build build-ptx80 -j "$(nproc)" \
