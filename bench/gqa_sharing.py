@@ -1,0 +1,61 @@
+"""How much K/V the query heads of a GQA group could share: the rows their tiles load, summed over the group's
+heads, against the distinct rows among them, per query block.
+
+The attention kernel loads 64 K and V rows per tile, per query head and block. Where the heads of a group
+select the same rows (sinks, the local band, common diagonals), one CTA serving the whole group could load them
+once; this bounds what that design could save in L2 traffic, the kernel's next ceiling (docs/kernels.md).
+CPU only, from the reference index rules on the benchmark's LLM-like inputs and layer-16 budgets.
+Run: python bench/gqa_sharing.py --seq-len 131072 --blocks 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import torch
+
+from minfer.patterns.config import load_config
+from minfer.patterns.indices import BLOCK, build_head_index, num_blocks
+from minfer.patterns.planted import llm_like_qk
+
+CONFIG = "../shared/data/minference-configs/Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json"
+HQ, HKV, D = 32, 8, 128
+
+
+def block_rows(index, m: int) -> torch.Tensor:
+    """The K/V rows query block m's tiles load (chunk rows in range, then its gathered columns)."""
+    chunks = index.chunk_starts(m)
+    rows = (chunks[:, None] + torch.arange(BLOCK)[None, :]).reshape(-1)
+    rows = torch.cat([rows, index.block_columns(m)])
+    return rows[(rows >= 0) & (rows <= m * BLOCK + BLOCK - 1)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-len", type=int, default=131072)
+    parser.add_argument("--blocks", type=int, default=64, help="query blocks sampled (the last one always)")
+    parser.add_argument("--config", default=CONFIG)
+    parser.add_argument("--layer", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=2)
+    args = parser.parse_args()
+    patterns = load_config(args.config).layers[args.layer]
+    q, k = llm_like_qk(HQ, HKV, args.seq_len, D, seed=args.seed)
+    indices = [build_head_index(q[h], k[h // (HQ // HKV)], patterns[h], D**-0.5) for h in range(HQ)]
+    nb = num_blocks(args.seq_len)
+    blocks = sorted({nb - 1, *random.Random(0).sample(range(nb), min(args.blocks, nb))})
+    loaded = distinct = 0
+    for m in blocks:
+        for g in range(HKV):
+            rows = [block_rows(indices[h], m) for h in range(g * HQ // HKV, (g + 1) * HQ // HKV)]
+            loaded += sum(r.numel() for r in rows)
+            distinct += torch.unique(torch.cat(rows)).numel()
+    print(
+        f"S={args.seq_len}, {len(blocks)} query blocks x {HKV} KV groups: {loaded} rows loaded per head, "
+        f"{distinct} distinct per group; sharing in the group would load {distinct / loaded:.1%} "
+        f"({loaded / distinct:.2f}x fewer)"
+    )
+
+
+if __name__ == "__main__":
+    main()
