@@ -1,5 +1,5 @@
-"""How much K/V the query heads of a GQA group could share: the rows their tiles load, summed over the group's
-heads, against the distinct rows among them, per query block.
+"""How much K/V the query heads of a GQA group could share: the rows their tiles load, summed over a set of
+the group's heads (the whole group, or pairs), against the distinct rows among them, per query block.
 
 The attention kernel loads 64 K and V rows per tile, per query head and block. Where the heads of a group
 select the same rows (sinks, the local band, common diagonals), one CTA serving the whole group could load them
@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--config", default=CONFIG)
     parser.add_argument("--layer", type=int, default=16)
     parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument("--share", type=int, default=HQ // HKV, help="query heads that share loads (divides 4)")
     args = parser.parse_args()
     patterns = load_config(args.config).layers[args.layer]
     q, k = llm_like_qk(HQ, HKV, args.seq_len, D, seed=args.seed)
@@ -46,13 +47,13 @@ def main() -> None:
     blocks = sorted({nb - 1, *random.Random(0).sample(range(nb), min(args.blocks, nb))})
     loaded = distinct = 0
     for m in blocks:
-        for g in range(HKV):
-            rows = [block_rows(indices[h], m) for h in range(g * HQ // HKV, (g + 1) * HQ // HKV)]
+        for g in range(HQ // args.share):
+            rows = [block_rows(indices[h], m) for h in range(g * args.share, (g + 1) * args.share)]
             loaded += sum(r.numel() for r in rows)
             distinct += torch.unique(torch.cat(rows)).numel()
     print(
-        f"S={args.seq_len}, {len(blocks)} query blocks x {HKV} KV groups: {loaded} rows loaded per head, "
-        f"{distinct} distinct per group; sharing in the group would load {distinct / loaded:.1%} "
+        f"S={args.seq_len}, {len(blocks)} query blocks, heads in sets of {args.share}: {loaded} rows loaded per head, "
+        f"{distinct} distinct per set; sharing in the set would load {distinct / loaded:.1%} "
         f"({loaded / distinct:.2f}x fewer)"
     )
 
