@@ -5,7 +5,7 @@
 #pragma once
 
 #include <cute/arch/mma_sm90_desc.hpp>
-#include <cute/arch/mma_sm90_gmma.hpp>
+#include <cute/arch/mma_sm90.hpp>
 
 #include <type_traits>
 #include <utility>
@@ -22,21 +22,20 @@ namespace wgmma {
 using cute::SM90::GMMA::Major;
 using cute::SM90::GMMA::ScaleOut;
 
+// The register-A wgmma of a 64 x N x 16 step for T's operands and float accumulators, as CuTe's selector
+// names it (MMA_64xNx16_F32BF16BF16_RS or ..._F32F16F16_RS); B is K-major for Q K^T, MN-major for P V.
 template <typename T>
-struct Ops;
-template <>
-struct Ops<__nv_bfloat16> {
-  using QK = cute::SM90::GMMA::MMA_64x64x16_F32BF16BF16_RS<Major::K, Major::K>;
+using CuteElement = std::conditional_t<std::is_same_v<T, __half>, cute::half_t, cute::bfloat16_t>;
+template <typename T, int N, Major b_major>
+using RsOp = decltype(cute::SM90::GMMA::rs_op_selector<CuteElement<T>, CuteElement<T>, float,
+                                                       cute::Shape<cute::_64, cute::Int<N>, cute::_16>, Major::K,
+                                                       b_major>());
+
+template <typename T>
+struct Ops {
+  using QK = RsOp<T, 64, Major::K>;
   template <int D>
-  using PV = std::conditional_t<D == 64, cute::SM90::GMMA::MMA_64x64x16_F32BF16BF16_RS<Major::K, Major::MN>,
-                                cute::SM90::GMMA::MMA_64x128x16_F32BF16BF16_RS<Major::K, Major::MN>>;
-};
-template <>
-struct Ops<__half> {
-  using QK = cute::SM90::GMMA::MMA_64x64x16_F32F16F16_RS<Major::K, Major::K>;
-  template <int D>
-  using PV = std::conditional_t<D == 64, cute::SM90::GMMA::MMA_64x64x16_F32F16F16_RS<Major::K, Major::MN>,
-                                cute::SM90::GMMA::MMA_64x128x16_F32F16F16_RS<Major::K, Major::MN>>;
+  using PV = RsOp<T, D, Major::MN>;
 };
 
 // A shared-memory matrix descriptor over a Tile (offsets in bytes). The swizzle works on address bits, so
