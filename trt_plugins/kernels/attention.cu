@@ -422,8 +422,7 @@ cudaError_t launch_attention_typed(const LaunchParams& p, const void* q, const v
   if (err != cudaSuccess) return err;
   err = cudaFuncSetAttribute(attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, body.smem);
   if (err != cudaSuccess) return err;
-  const int blocks = body.p.item_blocks;
-  const int64_t items = int64_t((p.num_blocks + blocks - 1) / blocks) * p.batch * p.num_q_heads;
+  const int64_t items = int64_t(work_items_per_head(body.p)) * p.batch * p.num_q_heads;
   attention_kernel<T, D><<<dim3(unsigned(items)), body.threads, body.smem, stream>>>(
       body.p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(out),
       ws);

@@ -184,7 +184,7 @@ extern "C" minfer_status minfer_debug_tiles(const minfer_pattern* pattern, const
                                             int64_t num_items, int32_t max_tiles, int32_t* tile_keys,
                                             int32_t* tile_counts, void* stream) {
   minfer::LaunchParams p;
-  minfer_status status = minfer::plan_with_workspace(pattern, problem, workspace, workspace_bytes, p);
+  const minfer_status status = minfer::plan_with_workspace(pattern, problem, workspace, workspace_bytes, p);
   if (status != MINFER_OK) return status;
   return minfer::cuda_status(
       minfer::launch_debug_tiles(p, static_cast<const char*>(workspace), items, num_items, max_tiles, tile_keys,

@@ -194,12 +194,17 @@ struct PairSchedule {
   }
 };
 
+// Work items per (batch, query head): its query blocks in groups of item_blocks. The launch sizes the grid by it.
+__host__ __device__ __forceinline__ int work_items_per_head(const LaunchParams& p) {
+  return (p.num_blocks + p.item_blocks - 1) / p.item_blocks;
+}
+
 // Work item x of the attention grid: query blocks first, first + 1, .., first + item_blocks - 1 of one query
 // head. KV head outermost, then items from the last (the heaviest) to the first, then the batch and the query
 // heads of the KV group: the CTAs in flight then share one KV head and neighbouring query blocks, whose chunks
 // overlap, so K/V tiles come from L2. (Query block outermost left L2 hits at 9%, ncu, 128K i.i.d.)
 __device__ __forceinline__ void decode_work_item(const LaunchParams& p, int64_t x, int& b, int& h, int& first) {
-  const int items = (p.num_blocks + p.item_blocks - 1) / p.item_blocks;
+  const int items = work_items_per_head(p);
   const int64_t per_item = int64_t(p.batch) * p.group, per_kv_head = per_item * items;
   const int kvh = int(x / per_kv_head);
   const int64_t r = x % per_kv_head;
