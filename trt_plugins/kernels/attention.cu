@@ -9,6 +9,7 @@
 // The launch reads the body's thread count back from the loaded binary (docs/kernels.md).
 #include <cuda_runtime.h>
 
+#include <climits>
 #include <cmath>
 
 #include "kernels.h"
@@ -81,16 +82,20 @@ struct BlockRows {
   }
 
   // The token rule on a tile's logits (key_of(j): the key of tile column j): causal, in range, A-shape window.
+  // Branch-free (bitwise tests and a select per logit): written with && and ||, ptxas made 4 branches of each of
+  // the 32 logits and reloaded the head's window per logit. 0 <= key <= min(row, S - 1) is one unsigned
+  // compare; outside A-shape the window test always passes (row - key < INT_MAX for the keys that reach it).
   template <typename KeyOf>
   __device__ void mask(float (&s)[32], KeyOf key_of, const HeadParams& hp, int seq) const {
     const int t4 = threadIdx.x & 3;
     const bool a_shape = hp.kind == MINFER_A_SHAPE;
+    const int sink = a_shape ? hp.sink : 0, local = a_shape ? hp.local : INT_MAX;
+    const unsigned last[2] = {unsigned(min(row0, seq - 1)), unsigned(min(row0 + 8, seq - 1))};
 #pragma unroll
     for (int i = 0; i < 32; ++i) {
-      const int key = key_of(8 * (i >> 2) + 2 * t4 + (i & 1)), row = row0 + 8 * ((i >> 1) & 1);
-      bool ok = key >= 0 && key <= row && key < seq;
-      if (a_shape) ok = ok && (key < hp.sink || row - key < hp.local);
-      if (!ok) s[i] = -INFINITY;
+      const int r = (i >> 1) & 1, key = key_of(8 * (i >> 2) + 2 * t4 + (i & 1)), row = row0 + 8 * r;
+      const bool ok = (unsigned(key) <= last[r]) & ((key < sink) | (row - key < local));
+      s[i] = ok ? s[i] : -INFINITY;
     }
   }
 
