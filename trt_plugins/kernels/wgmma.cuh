@@ -50,18 +50,28 @@ __device__ __forceinline__ uint64_t descriptor(uint32_t addr, uint32_t leading_b
   return d.desc_;
 }
 
+// The k-steps' descriptors are the tile's plus a constant: the start address (bits 0-13, in 16-byte units)
+// takes the step's offset without carrying out (shared memory ends below 2^18 bytes), so each wgmma costs one
+// uniform add instead of rebuilding its descriptor (6 uniform instructions per wgmma otherwise).
+__device__ __forceinline__ uint64_t advance(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
+
 // Columns 16kk..16kk+15 of a Tile as a K-major operand (Q as A, K as B of Q K^T): 8-row groups 1 KB apart,
 // the k-step 32 bytes into its 128-byte row (the leading offset is unused under the swizzle).
 template <int D>
-__device__ __forceinline__ uint64_t k_major(uint32_t tile, int kk) {
-  return descriptor(tile + (kk >> 2) * Tile<D>::kColumnBlockBytes + (kk & 3) * 32, 16, 1024);
+__device__ __forceinline__ uint64_t k_major(uint64_t tile_desc, int kk) {
+  return advance(tile_desc, (kk >> 2) * Tile<D>::kColumnBlockBytes + (kk & 3) * 32);
 }
+__device__ __forceinline__ uint64_t k_major_tile(uint32_t tile) { return descriptor(tile, 16, 1024); }
 
 // Rows 16kk..16kk+15 of a V Tile as the MN-major B operand of P V: 64-column blocks (along N = D) 8 KB
 // apart, 8-row groups (along K = keys) 1 KB apart.
 template <int D>
-__device__ __forceinline__ uint64_t mn_major(uint32_t tile, int kk) {
-  return descriptor(tile + kk * 16 * 128, Tile<D>::kColumnBlockBytes, 1024);
+__device__ __forceinline__ uint64_t mn_major(uint64_t tile_desc, int kk) {
+  return advance(tile_desc, kk * 16 * 128);
+}
+template <int D>
+__device__ __forceinline__ uint64_t mn_major_tile(uint32_t tile) {
+  return descriptor(tile, Tile<D>::kColumnBlockBytes, 1024);
 }
 
 // Keeps the compiler from moving accumulator reads and writes across the asynchronous products.
@@ -85,10 +95,11 @@ __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy
 // shared-memory reads of Q K^T, which at m64n64k16 would otherwise take all of the SM's shared bandwidth.
 template <typename T, int D>
 __device__ __forceinline__ void qk_issue(float (&s)[32], const uint32_t (&qa)[D / 16][4], uint32_t k_tile) {
+  const uint64_t k_desc = k_major_tile(k_tile);
   cute::warpgroup_arrive();
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk)
-    rs<typename Ops<T>::QK>(qa[kk], k_major<D>(k_tile, kk), s, kk == 0 ? ScaleOut::Zero : ScaleOut::One,
+    rs<typename Ops<T>::QK>(qa[kk], k_major<D>(k_desc, kk), s, kk == 0 ? ScaleOut::Zero : ScaleOut::One,
                             std::make_index_sequence<32>{});
   cute::warpgroup_commit_batch();
 }
@@ -97,11 +108,12 @@ __device__ __forceinline__ void qk_issue(float (&s)[32], const uint32_t (&qa)[D 
 // one wgmma group; neither o nor p may be touched again before wait().
 template <typename T, int D>
 __device__ __forceinline__ void pv_issue(float (&o)[D / 2], const uint32_t (&pa)[4][4], uint32_t v_tile) {
+  const uint64_t v_desc = mn_major_tile<D>(v_tile);
   fence(o);
   cute::warpgroup_arrive();
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk)
-    rs<typename Ops<T>::template PV<D>>(pa[kk], mn_major<D>(v_tile, kk), o, ScaleOut::One,
+    rs<typename Ops<T>::template PV<D>>(pa[kk], mn_major<D>(v_desc, kk), o, ScaleOut::One,
                                         std::make_index_sequence<D / 2>{});
   cute::warpgroup_commit_batch();
 }
