@@ -6,7 +6,10 @@ with the layer's per-head patterns; decoding and chunked continuation (query sho
 run transformers' dense SDPA, which is what they need. Per-token modules (MLPs, RMSNorms) are run
 over sequence chunks so that a 1M-token pre-fill of an 8B-shaped model fits in one 80 GB GPU: their
 intermediates (the MLP's 14336-wide activations, the norms' float32 copies) dominate memory at that
-length. Pass `logits_to_keep=1` to the model to project only the last position to the vocabulary.
+length. The RMSNorms of the supported families also run as torch's fused `rms_norm` (the same arithmetic:
+float32 statistics, a cast, then the weight), one pass over the hidden states where the module's own
+forward makes seven. Pass `logits_to_keep=1` to the model to project only the last position to the
+vocabulary.
 """
 
 from __future__ import annotations
@@ -16,10 +19,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+from transformers.models.mistral.modeling_mistral import MistralRMSNorm
+from transformers.models.phi3.modeling_phi3 import Phi3RMSNorm
+from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
 from ..patterns.config import PatternConfig, default_config, load_config
 from ..patterns.spec import PatternError
@@ -34,6 +42,8 @@ PER_TOKEN_MODULES = (
     "pre_feedforward_layernorm",
     "post_feedforward_layernorm",
 )
+# RMSNorms whose forward is `weight * rms_norm(x in float32).to(x.dtype)`; others keep their own forward.
+FUSABLE_NORMS = (LlamaRMSNorm, MistralRMSNorm, Qwen2RMSNorm, Phi3RMSNorm)
 
 
 def _minfer_attention(
@@ -87,12 +97,26 @@ def _chunked(forward: Callable[[torch.Tensor], torch.Tensor], chunk: int) -> Cal
     return run
 
 
+def _fused_rms_norm(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The module's RMSNorm as torch's fused kernel: one pass where the module's forward makes seven (float32
+    copy, pow, mean, product, cast, weight), element-wise kernels that are much of the 347 ms per layer
+    outside GEMMs and attention at 1M tokens (docs/benchmarks.md)."""
+
+    def forward(hidden_states: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(hidden_states, module.weight.shape, eps=module.variance_epsilon)
+        return module.weight * normed
+
+    return forward
+
+
 def chunk_per_token_modules(model: nn.Module, chunk: int) -> list[nn.Module]:
-    """Run MLPs and norms over sequence chunks; returns the modules changed, for `restore_forwards`."""
+    """Run MLPs and norms over sequence chunks (the known RMSNorms fused); returns the modules changed, for
+    `restore_forwards`."""
     changed = []
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] in PER_TOKEN_MODULES or name.endswith("model.norm"):
-            module.forward = types.MethodType(_chunked(module.forward, chunk), module)
+            forward = _fused_rms_norm(module) if isinstance(module, FUSABLE_NORMS) else module.forward
+            module.forward = types.MethodType(_chunked(forward, chunk), module)
             changed.append(module)
     return changed
 

@@ -39,6 +39,31 @@ def test_dense_config_keeps_logits(arch: str) -> None:
     torch.testing.assert_close(model(input_ids=ids).logits, want, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("arch", hf.TINY_FAMILIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@torch.no_grad()
+def test_norms_run_fused_with_the_modules_arithmetic(
+    arch: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    fused = torch.nn.functional.rms_norm
+    monkeypatch.setattr(torch.nn.functional, "rms_norm", lambda *a, **kw: calls.append(1) or fused(*a, **kw))
+    model = tiny_model(arch).to(dtype)
+    norms = [m for name, m in model.named_modules() if name.endswith("norm")]
+    assert norms and all(isinstance(m, patch_module.FUSABLE_NORMS) for m in norms), "a family's RMSNorm is not fused"
+    for norm in norms:
+        norm.weight.normal_()
+    x = torch.randn(3, 70, model.config.hidden_size, dtype=dtype) * 4
+    want = [norm(x) for norm in norms]
+    changed = patch_module.chunk_per_token_modules(model, chunk=32)
+    assert all(norm in changed for norm in norms)
+    calls.clear()
+    for norm, expected in zip(norms, want, strict=True):
+        torch.testing.assert_close(norm(x), expected, rtol=0, atol=0)
+    assert len(calls) == 3 * len(norms), "70 positions in chunks of 32: three fused calls per norm"
+    patch_module.restore_forwards(changed)
+
+
 @torch.no_grad()
 def test_default_patterns_clip_to_dense_on_short_prompts_and_generate_the_same() -> None:
     model = tiny_model("llama", seed=1)
