@@ -39,8 +39,8 @@ struct Ops {
 };
 
 // A shared-memory matrix descriptor over a Tile (offsets in bytes). The swizzle works on address bits, so
-// tiles must be 1 KB aligned.
-__device__ __forceinline__ uint64_t descriptor(uint32_t addr, uint32_t leading_bytes, uint32_t stride_bytes) {
+// tiles must be 1 KB aligned. Host code too, for bench/descriptor_advance_check.cu.
+__host__ __device__ __forceinline__ uint64_t descriptor(uint32_t addr, uint32_t leading_bytes, uint32_t stride_bytes) {
   cute::GmmaDescriptor d;
   d.bitfield.start_address_ = uint16_t(addr >> 4);
   d.bitfield.leading_byte_offset_ = uint16_t(leading_bytes >> 4);
@@ -53,7 +53,7 @@ __device__ __forceinline__ uint64_t descriptor(uint32_t addr, uint32_t leading_b
 // The k-steps' descriptors are the tile's plus a constant: the start address (bits 0-13, in 16-byte units)
 // takes the step's offset without carrying out (shared memory ends below 2^18 bytes), so each wgmma costs one
 // uniform add instead of rebuilding its descriptor (6 uniform instructions per wgmma otherwise).
-__device__ __forceinline__ uint64_t advance(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
+__host__ __device__ __forceinline__ uint64_t advance(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
 
 // Columns 16kk..16kk+15 of a Tile as a K-major operand (Q as A, K as B of Q K^T): 8-row groups 1 KB apart,
 // the k-step 32 bytes into its 128-byte row (the leading offset is unused under the swizzle).
