@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 for ref in "$@"; do
   out=build-var-${ref//\//-}
+  rm -rf "$out"  # its CMake cache names the temporary worktree of an earlier build
   tree=$(mktemp -d)
   git worktree add --detach -q "$tree" "$ref"
   { cmake -S "$tree" -B "$out" -DCMAKE_BUILD_TYPE=Release && cmake --build "$out" -j --target minfer_kernels; } >"$out.log" 2>&1 \
