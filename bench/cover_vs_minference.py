@@ -11,9 +11,7 @@ import random
 
 import torch
 
-from minfer.patterns.indices import chunk_lags
-
-BLOCK = 64
+from minfer.patterns.indices import BLOCK, chunk_lags
 
 
 def ours(diagonals: list[int], blocks: int) -> int:

@@ -370,8 +370,7 @@ __global__ void __launch_bounds__(kAttentionThreads, 2)
 #if MINFER_WGMMA
   attend_block<T, D>(p, smem, ws, b, h, m0, q_head, k_head, v_head, out_head);  // item_blocks is 1
 #else
-  const int m1 = p.item_blocks == 2 && m0 + 1 < p.num_blocks ? m0 + 1 : -1;
-  attend_pair<T, D>(p, smem, ws, b, h, m0, m1, q_head, k_head, v_head, out_head);
+  attend_pair<T, D>(p, smem, ws, b, h, m0, second_block(p, m0), q_head, k_head, v_head, out_head);
 #endif
 }
 
@@ -385,7 +384,7 @@ __global__ void __launch_bounds__(kThreads) debug_tiles_kernel(const __grid_cons
   __shared__ PairSource source;
   const int64_t item = blockIdx.x;
   const int b = items[3 * item], h = items[3 * item + 1], m = items[3 * item + 2];
-  const int m0 = p.item_blocks == 2 ? m & ~1 : m, m1 = p.item_blocks == 2 && m0 + 1 < p.num_blocks ? m0 + 1 : -1;
+  const int m0 = p.item_blocks == 2 ? m & ~1 : m, m1 = second_block(p, m0);
   const int mine = m == m0 ? kUsesFirst : kUsesSecond;
   if (threadIdx.x == 0) source.init(p, ws, b, h, m0, m1);
   __syncthreads();

@@ -214,4 +214,9 @@ __device__ __forceinline__ void decode_work_item(const LaunchParams& p, int64_t 
   h = kvh * p.group + int(rr % p.group);
 }
 
+// The second query block of the work item whose first block is m0, or -1 (one block per item, or none left).
+__device__ __forceinline__ int second_block(const LaunchParams& p, int m0) {
+  return p.item_blocks == 2 && m0 + 1 < p.num_blocks ? m0 + 1 : -1;
+}
+
 }  // namespace minfer
