@@ -1,13 +1,19 @@
-"""A model of the producer/consumer stage protocol of the sm_90a attention kernel (attention.cu: produce, consume).
+"""A model of the stage protocol of the sm_90a attention kernel (attention.cu: produce, consume).
 
-Mbarriers with phase parities as PTX defines them, the producer's copies landing at random later times, random
-interleavings: every tile must reach the consumer once, in order, after its copies landed, and no stage may be
-refilled while its P V can still read it. Run: python bench/stage_protocol_model.py
+One producer fills a ring of stages with a pair's tiles (each for block 0, block 1 or both) and two consumers,
+one per block, each compute their own tiles and give back the other's. Mbarriers with phase parities as PTX
+defines them, the producer's copies landing at random later times, random interleavings: every tile must reach
+each consumer that computes it once, in order, after its copies landed; no stage may be refilled while a P V
+can still read it; no schedule may deadlock. Mutations of the consumer show that the checks catch what they
+are for: `hold` keeps its pending P V across the other block's tiles (deadlocks), `early` gives a stage back
+before its P V (refilled under it). Run: python bench/stage_protocol_model.py [--mutation hold|early]
 """
 
+import argparse
 import random
 
-STAGES = 3
+STAGES = 6
+FIRST, SECOND = 1, 2
 
 
 class Barrier:
@@ -23,52 +29,90 @@ class Barrier:
         return self.completed % 2 != parity
 
 
-def run(tiles: int, rng: random.Random) -> None:
+class Deadlock(AssertionError):
+    pass
+
+
+def run(uses: list[int], rng: random.Random, mutation: str | None) -> None:
     full = [Barrier(2) for _ in range(STAGES)]  # per producer thread: copies landed, then stores released
-    empty = [Barrier(1) for _ in range(STAGES)]
+    empty = [Barrier(2) for _ in range(STAGES)]  # one arrival per consumer
     content: list = [None] * STAGES
-    desc: list = [None] * STAGES
+    desc: list = [None] * STAGES  # (tile number, uses); uses 0 ends the walk
     landing: list[int] = []
-    seen: list[int] = []
+    seen: list[list[int]] = [[], []]
 
     def producer():
         stage, phase = 0, 0
-        for t in [*range(tiles), None]:
+        for t, u in [*enumerate(uses), (len(uses), 0)]:
             while not empty[stage].done(phase ^ 1):
                 yield
-            desc[stage], content[stage] = t, ("writing", t)
+            desc[stage], content[stage] = (t, u), ("writing", t)
             landing.append(stage)
             full[stage].arrive()
-            if t is None:
+            if not u:
                 return
             stage += 1
             if stage == STAGES:
                 stage, phase = 0, phase ^ 1
 
-    def consumer():
-        while not full[0].done(0):
-            yield
-        assert content[0] == ("landed", 0)
-        seen.append(desc[0])
-        pending, stage, phase = 0, 1, 0
-        while True:
-            if stage == 0:
-                phase ^= 1
-            while not full[stage].done(phase):
-                yield
-            tile = desc[stage]
-            if tile is None:
-                break
-            assert content[stage] == ("landed", tile) and content[pending][0] == "landed"
-            seen.append(tile)
-            yield  # Q K^T, softmax, P V of the pending tile
-            assert content[stage] == ("landed", tile) and content[pending][0] == "landed"
-            empty[pending].arrive()
-            pending, stage = stage, (stage + 1) % STAGES
-        assert content[pending][0] == "landed"
+    def consumer(half: int):
+        mine = FIRST << half
+        stage, phase = 0, 0
 
-    agents = {"producer": producer(), "consumer": consumer()}
-    for _ in range(100_000):
+        def next_stage():
+            nonlocal stage, phase
+            stage += 1
+            if stage == STAGES:
+                stage, phase = 0, phase ^ 1
+
+        def landed(s: int, tile: int | None = None) -> bool:
+            return content[s][0] == "landed" and (tile is None or content[s][1] == tile)
+
+        def finish_pv(pending: int):  # issue P V of the pending tile, wait for it, give its stage back
+            if mutation == "early":
+                empty[pending].arrive()
+            yield
+            assert landed(pending), "a stage was refilled under its P V"
+            if mutation != "early":
+                empty[pending].arrive()
+
+        while True:
+            while True:  # to this block's next tile, giving the other block's back
+                while not full[stage].done(phase):
+                    yield
+                t, u = desc[stage]
+                if not u or u & mine:
+                    break
+                empty[stage].arrive()
+                next_stage()
+            if not u:
+                break
+            assert landed(stage, t)
+            seen[half].append(t)
+            pending = stage
+            next_stage()
+            while True:
+                while not full[stage].done(phase):
+                    yield
+                t, u = desc[stage]
+                if not u & mine:
+                    if mutation == "hold" and u:
+                        empty[stage].arrive()
+                        next_stage()
+                        continue
+                    break
+                assert landed(stage, t) and landed(pending)
+                seen[half].append(t)
+                yield from finish_pv(pending)  # Q K^T of this tile and P V of the pending one run together
+                assert landed(stage, t)
+                pending = stage
+                next_stage()
+            yield from finish_pv(pending)
+            if not u:
+                break
+
+    agents = {"producer": producer(), "consumer 0": consumer(0), "consumer 1": consumer(1)}
+    for _ in range(200_000):
         if not agents and not landing:
             break
         choice = rng.choice([*agents, *(["landing"] if landing else [])])
@@ -82,15 +126,41 @@ def run(tiles: int, rng: random.Random) -> None:
             except StopIteration:
                 del agents[choice]
     else:
-        raise AssertionError("deadlock")
-    assert seen == list(range(tiles)), seen
+        raise Deadlock(f"deadlock: {sorted(agents)} still waiting")
+    for half in range(2):
+        expected = [t for t, u in enumerate(uses) if u & (FIRST << half)]
+        assert seen[half] == expected, (half, seen[half], expected)
 
 
-def main(schedules: int = 20000) -> None:
+def random_uses(rng: random.Random) -> list[int]:
+    """A pair's merged tile order: runs of shared chunks and of either block's own tiles."""
+    uses: list[int] = []
+    target = rng.randint(1, 24)
+    while len(uses) < target:
+        uses += [rng.choice([FIRST, SECOND, FIRST | SECOND])] * rng.randint(1, 8)
+    return uses
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--schedules", type=int, default=20000)
+    parser.add_argument("--mutation", choices=["hold", "early"])
+    args = parser.parse_args()
     rng = random.Random(0)
-    for _ in range(schedules):
-        run(rng.randint(1, 12), rng)
-    print(f"{schedules} random schedules: every tile seen once, in order, landed; no stage refilled while in use")
+    for i in range(args.schedules):
+        try:
+            run(random_uses(rng), rng, args.mutation)
+        except AssertionError as failure:
+            if args.mutation is None:
+                raise
+            print(f"--mutation {args.mutation} caught on schedule {i}: {failure}")
+            return
+    if args.mutation:
+        raise SystemExit(f"--mutation {args.mutation} was not caught in {args.schedules} schedules")
+    print(
+        f"{args.schedules} random schedules: each consumer saw its tiles once, in order, landed; "
+        "no stage refilled under a P V; no deadlock"
+    )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 // The sparse attention forward: all heads of the layer in one launch, FlashAttention-2 style (online softmax in
-// fp32 over 64-key tiles filled by cp.async) over the tiles PairSchedule yields. Two bodies:
-// - sm_90a: one CTA per query block of a consumer warpgroup (Q in registers, Q K^T and P V as Hopper wgmma,
-//   software pipelined across tiles) and a producer warpgroup that runs the tile schedule and the loads; they
-//   hand tiles over through three shared-memory stages with full/empty mbarriers (FlashAttention-3's warp
-//   specialisation), so the consumer issues no loads and meets no CTA barrier;
-// - elsewhere (sm_80): one CTA of one warpgroup per pair of query blocks, a chunk both blocks hold loaded once,
-//   mma.sync, one barrier per tile.
+// fp32 over 64-key tiles filled by cp.async) over the tiles PairSchedule yields for a pair of query blocks per
+// CTA, a chunk both blocks hold loaded once. Two bodies:
+// - sm_90a: a consumer warpgroup per block (Q in registers, Q K^T and P V as Hopper wgmma, software pipelined
+//   across its tiles) and a producer warpgroup that runs the pair's tile schedule and the loads; they hand tiles
+//   over through a ring of six shared-memory stages with full/empty mbarriers (FlashAttention-3's warp
+//   specialisation), each consumer skipping the other block's tiles, so neither waits for the other;
+// - elsewhere (sm_80): one warpgroup for both blocks, mma.sync, one barrier per tile.
 // The launch reads the body's thread count back from the loaded binary (docs/kernels.md).
 #include <cuda_runtime.h>
 
@@ -36,9 +36,10 @@ struct PairSmem {
   static constexpr int kBytes = kSource + int(sizeof(PairSource));
 };
 
-// sm_90a body: a tile stays in its stage (K, V, gathered keys, TileDesc) until its P V is done, and the
-// producer fills the next stage meanwhile.
-constexpr int kStages = 3;
+// sm_90a body: a tile stays in its stage (K, V, gathered keys, TileDesc) until the P V of each block that
+// computes it is done, and the producer fills the next stages meanwhile, so either block can run up to five
+// tiles ahead of the other.
+constexpr int kStages = 6;
 template <int D>
 struct PipeSmem {
   static constexpr int kK = 0;                                  // [kStages] tiles
@@ -46,18 +47,27 @@ struct PipeSmem {
   static constexpr int kKeys = kV + kStages * Tile<D>::kBytes;  // int[kStages][64]
   static constexpr int kTiles = kKeys + kStages * kBlock * 4;   // TileDesc[kStages]
   static constexpr int kFull = kTiles + kStages * 8;            // mbarrier[kStages]: the producer filled it
-  static constexpr int kEmpty = kFull + kStages * 8;            // mbarrier[kStages]: the consumer is done with it
-  static constexpr int kSource = kEmpty + kStages * 8;          // PairSource (its second block absent)
+  static constexpr int kEmpty = kFull + kStages * 8;            // mbarrier[kStages]: both consumers are done with it
+  static constexpr int kSource = kEmpty + kStages * 8;          // PairSource
   static constexpr int kBytes = kSource + int(sizeof(PairSource));
 };
 
-// Threads of the attention CTA: consumer and producer warpgroups on sm_90a, one warpgroup elsewhere. The host
-// reads it back from the loaded binary (cudaFuncAttributes::maxThreadsPerBlock), so launch and body agree.
+// Threads of the attention CTA: two consumer warpgroups and a producer on sm_90a (1 CTA per SM), one warpgroup
+// elsewhere (2 CTAs per SM). The host reads the count back from the loaded binary
+// (cudaFuncAttributes::maxThreadsPerBlock), so launch and body agree.
 #if MINFER_WGMMA
-constexpr int kAttentionThreads = 2 * kThreads;
+constexpr int kAttentionThreads = 3 * kThreads, kAttentionCtasPerSm = 1;
 #else
-constexpr int kAttentionThreads = kThreads;
+constexpr int kAttentionThreads = kThreads, kAttentionCtasPerSm = 2;
 #endif
+
+// Registers per thread after setmaxnreg: a consumer holds Q (32), o (D / 2), a tile's logits (32) and P of the
+// pending P V (16); the producer only addresses. setmaxnreg moves registers between the warpgroups of the CTA,
+// so the launch must allocate their sum: 168 per thread of 384 (the host checks the binary's count, since a
+// consumer asking for more than the CTA holds would wait forever).
+constexpr int kConsumerRegisters = 224, kProducerRegisters = 56;
+constexpr int kLaunchRegisters = (2 * kConsumerRegisters + kProducerRegisters) / 3;
+static_assert(kLaunchRegisters * 3 * kThreads <= 65536, "1 CTA per SM");
 
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
@@ -176,11 +186,6 @@ __device__ __forceinline__ void load_kv(uint32_t k_tile, uint32_t v_tile, const 
 }
 
 #if MINFER_WGMMA
-// Registers per thread after setmaxnreg: the consumer holds Q (32), o (D / 2), a tile's logits (32) and P of the
-// pending P V (16); the producer only addresses. 2 CTAs of 256 threads share an SM's 64K registers.
-constexpr int kConsumerRegisters = 200, kProducerRegisters = 56;
-static_assert((kConsumerRegisters + kProducerRegisters) * kThreads * 2 <= 65536, "2 CTAs per SM");
-
 // The warp's query rows as wgmma A fragments, straight from global memory (rows past S read as 0): the
 // m16n8k16 A layout, a[i] = rows g + 8 (i & 1), columns 16kk + 2t + 8 (i >> 1) and the next one.
 template <typename T, int D>
@@ -195,7 +200,7 @@ __device__ __forceinline__ void load_q_registers(uint32_t (&qa)[D / 16][4], cons
     }
 }
 
-// The producer warpgroup: the block's tiles in order, each into the next free stage, then a tile without uses
+// The producer warpgroup: the pair's tiles in order, each into the next free stage, then a tile without uses
 // to say there are no more. Every producer thread arrives twice on the stage's full barrier: once when its
 // copies have landed (cp.async), once (release) after its stores of the keys and the TileDesc.
 template <typename T, int D>
@@ -224,18 +229,21 @@ __device__ __forceinline__ void produce(PairSource& source, char* smem, const T*
   }
 }
 
-// The consumer warpgroup, query block m: Q K^T of tile t and P V of tile t-1 go out as two wgmma groups, the
-// softmax of tile t waits only for the first, and tile t-1's stage goes back to the producer once the second
-// is done.
+// The consumer warpgroup of block `half` of the pair (query block m): over each run of consecutive tiles it
+// computes, Q K^T of tile t and P V of tile t-1 go out as two wgmma groups, the softmax of tile t waits only for
+// the first, and tile t-1's stage goes back to the producer once the second is done. A tile of the other block
+// ends the run: its pending P V is finished and its stage given back first, since holding it across the other
+// block's tiles could leave the producer waiting for it while this consumer waits for a stage the producer
+// cannot fill. Tiles of the other block go straight back.
 template <typename T, int D>
-__device__ __forceinline__ void consume(const LaunchParams& p, char* smem, int h, int m, const T* q_head,
+__device__ __forceinline__ void consume(const LaunchParams& p, char* smem, int h, int m, int half, const T* q_head,
                                         T* out_head) {
   using S = PipeSmem<D>;
   using Barrier = cutlass::arch::ClusterBarrier;
   constexpr int kTile = Tile<D>::kBytes;
   const HeadParams& hp = p.heads[h];
   const int seq = int(p.seq_len);  // S <= 2^30
-  const int start = m * kBlock;
+  const int start = m * kBlock, mine = kUsesFirst << half;
   const uint32_t k_tiles = smem_addr(smem + S::kK), v_tiles = smem_addr(smem + S::kV);
   const int* keys = reinterpret_cast<const int*>(smem + S::kKeys);
   const TileDesc* tiles = reinterpret_cast<const TileDesc*>(smem + S::kTiles);
@@ -248,57 +256,73 @@ __device__ __forceinline__ void consume(const LaunchParams& p, char* smem, int h
   rows.init(start);
   float s[32], alpha[2];
   uint32_t pa[4][4];  // P of the tile whose P V is pending
-  Barrier::wait(full, 0);
-  wgmma::fence_async_shared();
-  wgmma::qk_issue<T, D>(s, qa, k_tiles);  // the block has at least its diagonal chunk
-  wgmma::wait<0>(s);
-  rows.softmax_tile(s, alpha, tiles[0], keys, 0, hp, seq, p.scale_log2);  // o is still 0: nothing to rescale
-  p_fragments<T>(pa, s);
-  int pending = 0;  // stage of the tile whose P V is pending
-  for (int stage = 1, phase = 0;; ) {
-    if (stage == 0) phase ^= 1;
-    Barrier::wait(full + stage, phase);
-    const TileDesc tile = tiles[stage];
+  int stage = 0, phase = 0;
+  const auto next_stage = [&] {
+    if (++stage == kStages) stage = 0, phase ^= 1;
+  };
+  for (TileDesc tile;;) {
+    for (;;) {  // to this block's next tile, giving the other block's back
+      Barrier::wait(full + stage, phase);
+      tile = tiles[stage];
+      if (!tile.uses || (tile.uses & mine)) break;
+      Barrier::arrive(empty + stage);
+      next_stage();
+    }
     if (!tile.uses) break;
-    wgmma::fence_async_shared();
+    wgmma::fence_async_shared();  // the run's first tile: no P V pending
     wgmma::qk_issue<T, D>(s, qa, k_tiles + stage * kTile);
-    wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + pending * kTile);
-    wgmma::wait<1>(s);
-    rows.softmax_tile(s, alpha, tile, keys + stage * kBlock, 0, hp, seq, p.scale_log2);
-    wgmma::wait<0>(rows.o);
-    Barrier::arrive(empty + pending);
+    wgmma::wait<0>(s);
+    rows.softmax_tile(s, alpha, tile, keys + stage * kBlock, half, hp, seq, p.scale_log2);
     rows.rescale(alpha);
     p_fragments<T>(pa, s);
-    pending = stage;
-    stage = stage + 1 == kStages ? 0 : stage + 1;
+    int pending = stage;  // stage of the tile whose P V is pending
+    for (next_stage();; next_stage()) {
+      Barrier::wait(full + stage, phase);
+      tile = tiles[stage];
+      if (!(tile.uses & mine)) break;  // the end, or the other block's tile (given back by the search above)
+      wgmma::fence_async_shared();
+      wgmma::qk_issue<T, D>(s, qa, k_tiles + stage * kTile);
+      wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + pending * kTile);
+      wgmma::wait<1>(s);
+      rows.softmax_tile(s, alpha, tile, keys + stage * kBlock, half, hp, seq, p.scale_log2);
+      wgmma::wait<0>(rows.o);
+      Barrier::arrive(empty + pending);
+      rows.rescale(alpha);
+      p_fragments<T>(pa, s);
+      pending = stage;
+    }
+    wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + pending * kTile);
+    wgmma::wait<0>(rows.o);
+    Barrier::arrive(empty + pending);
+    if (!tile.uses) break;
   }
-  wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + pending * kTile);
-  wgmma::wait<0>(rows.o);
   rows.store(out_head, seq);
 }
 
-// Query block m: warpgroup 0 consumes, warpgroup 1 produces.
+// Query blocks m0 and m1 (m1 < 0: none): warpgroups 0 and 1 consume, one block each, warpgroup 2 produces.
 template <typename T, int D>
-__device__ __forceinline__ void attend_block(const LaunchParams& p, char* smem, const char* ws, int b, int h, int m,
-                                             const T* q_head, const T* k_head, const T* v_head, T* out_head) {
+__device__ __forceinline__ void attend_pair(const LaunchParams& p, char* smem, const char* ws, int b, int h, int m0,
+                                            int m1, const T* q_head, const T* k_head, const T* v_head, T* out_head) {
   using S = PipeSmem<D>;
   PairSource& source = *reinterpret_cast<PairSource*>(smem + S::kSource);
   if (threadIdx.x == 0) {
-    source.init(p, ws, b, h, m, -1);
+    source.init(p, ws, b, h, m0, m1);
     for (int i = 0; i < kStages; ++i) {
       cutlass::arch::ClusterBarrier::init(reinterpret_cast<uint64_t*>(smem + S::kFull) + i, 2 * kThreads);
-      cutlass::arch::ClusterBarrier::init(reinterpret_cast<uint64_t*>(smem + S::kEmpty) + i, kThreads);
+      cutlass::arch::ClusterBarrier::init(reinterpret_cast<uint64_t*>(smem + S::kEmpty) + i, 2 * kThreads);
     }
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();
   // broadcast from lane 0, so ptxas sees the branch is the same in the whole warp (C7520 otherwise)
-  if (__shfl_sync(0xffffffffu, int(threadIdx.x) / kThreads, 0) == 1) {
+  const int warpgroup = __shfl_sync(0xffffffffu, int(threadIdx.x) / kThreads, 0);
+  if (warpgroup == 2) {
     cutlass::arch::warpgroup_reg_dealloc<kProducerRegisters>();
     produce<T, D>(source, smem, k_head, v_head, int(p.seq_len));
   } else {
+    // a missing second block still gives every stage back; its rows (from S on) are neither read nor written
     cutlass::arch::warpgroup_reg_alloc<kConsumerRegisters>();
-    consume<T, D>(p, smem, h, m, q_head, out_head);
+    consume<T, D>(p, smem, h, m0 + warpgroup, warpgroup, q_head, out_head);
   }
 }
 #else
@@ -356,7 +380,7 @@ __device__ __forceinline__ void attend_pair(const LaunchParams& p, char* smem, c
 #endif
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kAttentionThreads, 2)
+__global__ void __launch_bounds__(kAttentionThreads, kAttentionCtasPerSm)
     attention_kernel(const __grid_constant__ LaunchParams p, const T* q, const T* k, const T* v, T* out,
                      const char* ws) {
   extern __shared__ __align__(1024) char smem[];  // wgmma's swizzle needs 1 KB aligned tiles
@@ -367,15 +391,10 @@ __global__ void __launch_bounds__(kAttentionThreads, 2)
   const T* k_head = k + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
   const T* v_head = v + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
   T* out_head = out + (int64_t(b) * p.num_q_heads + h) * seq * D;
-#if MINFER_WGMMA
-  attend_block<T, D>(p, smem, ws, b, h, m0, q_head, k_head, v_head, out_head);  // item_blocks is 1
-#else
   attend_pair<T, D>(p, smem, ws, b, h, m0, second_block(p, m0), q_head, k_head, v_head, out_head);
-#endif
 }
 
-// minfer_debug_tiles: the schedule of the block's work item (the block alone, or its pair), as the attention
-// kernel runs it, writing the keys of the tiles that block computes instead of computing them.
+// minfer_debug_tiles: the schedule of the block's work item (its pair), as the attention kernel runs it, writing the keys of the tiles that block computes instead of computing them.
 __global__ void __launch_bounds__(kThreads) debug_tiles_kernel(const __grid_constant__ LaunchParams p,
                                                                const char* ws, const int32_t* items,
                                                                int32_t max_tiles, int32_t* tile_keys,
@@ -384,7 +403,7 @@ __global__ void __launch_bounds__(kThreads) debug_tiles_kernel(const __grid_cons
   __shared__ PairSource source;
   const int64_t item = blockIdx.x;
   const int b = items[3 * item], h = items[3 * item + 1], m = items[3 * item + 2];
-  const int m0 = p.item_blocks == 2 ? m & ~1 : m, m1 = second_block(p, m0);
+  const int m0 = m & ~1, m1 = second_block(p, m0);
   const int mine = m == m0 ? kUsesFirst : kUsesSecond;
   if (threadIdx.x == 0) source.init(p, ws, b, h, m0, m1);
   __syncthreads();
@@ -400,21 +419,20 @@ __global__ void __launch_bounds__(kThreads) debug_tiles_kernel(const __grid_cons
   if (threadIdx.x == 0) tile_counts[item] = count;
 }
 
-// The loaded binary's body, told by its thread count: 2 warpgroups and one query block per CTA (sm_90a), or 1
-// warpgroup and a pair. Returns the launch's params with item_blocks set to match.
+// The loaded binary's body, told by its thread count: 3 warpgroups (sm_90a) or 1.
 struct AttentionBody {
   int threads, smem;
-  LaunchParams p;
 };
 
 template <typename T, int D>
-cudaError_t attention_body(const LaunchParams& p, AttentionBody& body) {
+cudaError_t attention_body(AttentionBody& body) {
   cudaFuncAttributes attributes;
   const cudaError_t err = cudaFuncGetAttributes(&attributes, attention_kernel<T, D>);
   if (err != cudaSuccess) return err;
-  const bool pipelined = attributes.maxThreadsPerBlock >= 2 * kThreads;
-  body = {pipelined ? 2 * kThreads : kThreads, pipelined ? PipeSmem<D>::kBytes : PairSmem<D>::kBytes, p};
-  body.p.item_blocks = pipelined ? 1 : 2;
+  const bool pipelined = attributes.maxThreadsPerBlock >= 3 * kThreads;
+  // setmaxnreg redistributes the launch's registers: fewer than it assumes would hang the consumers
+  if (pipelined && attributes.numRegs < kLaunchRegisters) return cudaErrorInvalidKernelImage;
+  body = {pipelined ? 3 * kThreads : kThreads, pipelined ? PipeSmem<D>::kBytes : PairSmem<D>::kBytes};
   return cudaSuccess;
 }
 
@@ -422,14 +440,13 @@ template <typename T, int D>
 cudaError_t launch_attention_typed(const LaunchParams& p, const void* q, const void* k, const void* v, void* out,
                                    const char* ws, cudaStream_t stream) {
   AttentionBody body;
-  cudaError_t err = attention_body<T, D>(p, body);
+  cudaError_t err = attention_body<T, D>(body);
   if (err != cudaSuccess) return err;
   err = cudaFuncSetAttribute(attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, body.smem);
   if (err != cudaSuccess) return err;
-  const int64_t items = int64_t(work_items_per_head(body.p)) * p.batch * p.num_q_heads;
+  const int64_t items = int64_t(work_items_per_head(p)) * p.batch * p.num_q_heads;
   attention_kernel<T, D><<<dim3(unsigned(items)), body.threads, body.smem, stream>>>(
-      body.p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(out),
-      ws);
+      p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(out), ws);
   return cudaGetLastError();
 }
 
@@ -447,10 +464,7 @@ cudaError_t launch_attention(const LaunchParams& p, minfer_dtype dtype, int head
 cudaError_t launch_debug_tiles(const LaunchParams& p, const char* ws, const int32_t* items, int64_t num_items,
                                int32_t max_tiles, int32_t* tile_keys, int32_t* tile_counts, cudaStream_t stream) {
   if (num_items == 0) return cudaSuccess;
-  AttentionBody body;  // the schedule of the grid the attention kernel runs
-  const cudaError_t err = attention_body<__nv_bfloat16, 128>(p, body);
-  if (err != cudaSuccess) return err;
-  debug_tiles_kernel<<<dim3(unsigned(num_items)), kThreads, 0, stream>>>(body.p, ws, items, max_tiles, tile_keys,
+  debug_tiles_kernel<<<dim3(unsigned(num_items)), kThreads, 0, stream>>>(p, ws, items, max_tiles, tile_keys,
                                                                          tile_counts);
   return cudaGetLastError();
 }

@@ -18,7 +18,7 @@ cudaError_t launch_block_sparse_index(const LaunchParams& p, minfer_dtype dtype,
 cudaError_t launch_block_scores(const LaunchParams& p, int head_dim, const char* ws, float* scores,
                                 cudaStream_t stream);
 
-// Sets the grid (one query block or a pair per CTA, LaunchParams::item_blocks) to the loaded binary's body.
+// A pair of query blocks per CTA; the block size and shared memory follow the loaded binary's body.
 cudaError_t launch_attention(const LaunchParams& p, minfer_dtype dtype, int head_dim, const void* q, const void* k,
                              const void* v, void* out, const char* ws, cudaStream_t stream);
 

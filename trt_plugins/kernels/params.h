@@ -39,7 +39,6 @@ struct LaunchParams {
   Layout layout;
   int64_t seq_len;
   int32_t batch, num_q_heads, num_kv_heads, group, num_blocks;
-  int32_t item_blocks;  // consecutive query blocks per attention CTA (1 or 2), set by launch_attention
   float scale;
   float scale_log2;  // scale * log2(e): the kernels' softmax works in base 2
 };

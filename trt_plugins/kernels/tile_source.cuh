@@ -12,13 +12,14 @@
 namespace minfer {
 
 // The threads that run a tile schedule together (the column gather synchronises them): the whole CTA, or on
-// sm_90a the producer warpgroup alone (threads 128..255), on named barrier 1, so the consumer never waits on it.
+// sm_90a the producer warpgroup alone (the CTA's last, threads 256..383), on named barrier 1, so the consumers
+// never wait on it.
 struct CtaGroup {
   __device__ int tid() const { return threadIdx.x; }
   __device__ void sync() const { __syncthreads(); }
 };
 struct ProducerGroup {
-  __device__ int tid() const { return int(threadIdx.x) - kThreads; }
+  __device__ int tid() const { return int(threadIdx.x) % kThreads; }
   __device__ void sync() const { asm volatile("bar.sync 1, %0;\n" ::"n"(kThreads) : "memory"); }
 };
 
@@ -160,13 +161,16 @@ struct TileDesc {
 
 // The order a pair's tiles come in, each block's own tiles in its own order: first the chunks of both,
 // merged by first key so that a chunk both blocks hold is loaded once (block m + 1's lag c + 64 is block
-// m's lag c; dense and A-shape prefixes are shared outright), then the first block's gathered columns, then
-// the second's. Every thread holds the same cursor; the next chunk's start is read one tile ahead.
+// m's lag c; dense and A-shape prefixes are shared outright), then the two blocks' gathered columns in turn,
+// so that on sm_90a neither block's consumer waits through the other's. Every thread holds the same cursor;
+// the next chunk's start is read one tile ahead.
 struct PairSchedule {
   int idx[2];
   int head[2];  // start of each block's next chunk
+  int turn;     // the block whose column tile comes next
+  int columns_left;  // bit i: block i may still have column tiles
 
-  __device__ explicit PairSchedule(const PairSource& src) {
+  __device__ explicit PairSchedule(const PairSource& src) : turn(0), columns_left(3) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       idx[i] = 0;
@@ -188,35 +192,37 @@ struct PairSchedule {
       }
       return {uses, start};
     }
-    if (src.block[0].next_columns(keys, group)) return {kUsesFirst | kMaskFirst, kGathered};
-    if (src.block[1].next_columns(keys, group)) return {kUsesSecond | kMaskSecond, kGathered};
+    while (columns_left) {
+      const int i = columns_left == 3 ? turn : columns_left >> 1;  // the one left, or the one whose turn it is
+      turn = i ^ 1;
+      if (src.block[i].next_columns(keys, group)) return {(kUsesFirst | kMaskFirst) << i, kGathered};
+      columns_left &= ~(1 << i);
+    }
     return {0, 0};
   }
 };
 
-// Work items per (batch, query head): its query blocks in groups of item_blocks. The launch sizes the grid by it.
-__host__ __device__ __forceinline__ int work_items_per_head(const LaunchParams& p) {
-  return (p.num_blocks + p.item_blocks - 1) / p.item_blocks;
-}
+// Work items per (batch, query head): its query blocks in pairs. The launch sizes the grid by it.
+__host__ __device__ __forceinline__ int work_items_per_head(const LaunchParams& p) { return (p.num_blocks + 1) / 2; }
 
-// Work item x of the attention grid: query blocks first, first + 1, .., first + item_blocks - 1 of one query
-// head. KV head outermost, then items from the last (the heaviest) to the first, then the batch and the query
-// heads of the KV group: the CTAs in flight then share one KV head and neighbouring query blocks, whose chunks
-// overlap, so K/V tiles come from L2. (Query block outermost left L2 hits at 9%, ncu, 128K i.i.d.)
+// Work item x of the attention grid: query blocks first and first + 1 of one query head. KV head outermost,
+// then items from the last (the heaviest) to the first, then the batch and the query heads of the KV group: the
+// CTAs in flight then share one KV head and neighbouring query blocks, whose chunks overlap, so K/V tiles come
+// from L2. (Query block outermost left L2 hits at 9%, ncu, 128K i.i.d.)
 __device__ __forceinline__ void decode_work_item(const LaunchParams& p, int64_t x, int& b, int& h, int& first) {
   const int items = work_items_per_head(p);
   const int64_t per_item = int64_t(p.batch) * p.group, per_kv_head = per_item * items;
   const int kvh = int(x / per_kv_head);
   const int64_t r = x % per_kv_head;
-  first = (items - 1 - int(r / per_item)) * p.item_blocks;
+  first = (items - 1 - int(r / per_item)) * 2;
   const int64_t rr = r % per_item;
   b = int(rr / p.group);
   h = kvh * p.group + int(rr % p.group);
 }
 
-// The second query block of the work item whose first block is m0, or -1 (one block per item, or none left).
+// The second query block of the work item whose first block is m0, or -1 (m0 is the last block).
 __device__ __forceinline__ int second_block(const LaunchParams& p, int m0) {
-  return p.item_blocks == 2 && m0 + 1 < p.num_blocks ? m0 + 1 : -1;
+  return m0 + 1 < p.num_blocks ? m0 + 1 : -1;
 }
 
 }  // namespace minfer
