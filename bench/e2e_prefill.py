@@ -218,6 +218,9 @@ def run(args: argparse.Namespace) -> list[dict]:
             chunked = chunk_per_token_modules(model, args.chunk)  # the same memory savings as the sparse run
             try:
                 with torch.nn.attention.sdpa_kernel([sdpa]):
+                    if args.profile:  # the same layer's non-attention kernels as the sparse profile's
+                        row[f"{backend}_profile"] = profile_layer(model, all_layers, ids)
+                        print(json.dumps(row[f"{backend}_profile"], indent=1), flush=True)
                     result = measure(model, all_layers, ids, length <= args.full_dense_max, repeats)
                 row.update({f"{backend}_{key}": value for key, value in result.items()})
             except RuntimeError as e:  # a backend that cannot run this shape: say so, do not guess
@@ -241,7 +244,9 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=65536, help="sequence chunk of the per-token modules")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     parser.add_argument(
-        "--profile", action="store_true", help="also profile a 1-layer sparse pre-fill: device ms per kind of kernel"
+        "--profile",
+        action="store_true",
+        help="also profile a 1-layer pre-fill on each path: device ms per kind of kernel",
     )
     parser.add_argument(
         "--smoke", action="store_true", help="a tiny model on the CPU: checks the script, times nothing real"
