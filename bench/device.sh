@@ -81,13 +81,19 @@ if has e2e; then  # issue 7: the 8B-shaped model, sparse against dense SDPA
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 if has profile; then  # Nsight Compute on the attention kernel (PROFILE_FAMILY, PROFILE_LENGTH; default i.i.d. at 128K)
-  {
-  ncu --clock-control none --kernel-name regex:attention_kernel --launch-count 1 --set full -o "$OUT/attention" \
-    python bench/bench_kernels.py --lengths "${PROFILE_LENGTH:-131072}" --families "${PROFILE_FAMILY:-iid}" --dense cudnn >"$OUT/ncu.log" 2>&1
-  ncu --import "$OUT/attention.ncu-rep" --page details --print-units base 2>/dev/null \
-    | grep -E "Duration|Registers|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L1/TEX Cache Throughput|L2 Cache Throughput|L2 Hit|Warp Cycles Per Issued|Block Limit" | head -40
-  # stall reasons: cycles per issued instruction that warps spend in each state, largest first
-  ncu --import "$OUT/attention.ncu-rep" --page raw --csv 2>/dev/null | python3 -c '
+  # of each library in PROFILE_LIBS (default the tree's build), e.g. diagnostic builds beside the tree
+  for lib in ${PROFILE_LIBS:-build/libminfer_kernels.so}; do
+    rep="$OUT/attention-$(basename "$(dirname "$lib")")"
+    {
+      echo "== $lib"
+      MINFER_KERNELS_LIB=$PWD/$lib ncu --clock-control none --kernel-name regex:attention_kernel --launch-count 1 \
+        --set full -o "$rep" python bench/bench_kernels.py --lengths "${PROFILE_LENGTH:-131072}" \
+        --families "${PROFILE_FAMILY:-iid}" --dense cudnn >"$rep.log" 2>&1
+      ncu --import "$rep.ncu-rep" --page details --print-units base 2>/dev/null \
+        | grep -E "Duration|Registers|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L1/TEX Cache Throughput|L2 Cache Throughput|L2 Hit|Warp Cycles Per Issued|Block Limit" | head -40
+      # stall reasons (cycles per issued instruction that warps spend in each state, largest first), then how
+      # busy the tensor pipes, the L2 and shared memory were, and shared memory's bank conflicts
+      ncu --import "$rep.ncu-rep" --page raw --csv 2>/dev/null | python3 -c '
 import csv, sys
 rows = list(csv.reader(sys.stdin))  # metric names, units, then one row per profiled kernel
 def number(text):
@@ -98,10 +104,11 @@ def number(text):
 stalls = [(number(v), n) for n, v in zip(rows[0], rows[2]) if "issue_stalled" in n and n.endswith("per_issue_active.ratio")]
 for value, name in sorted((s for s in stalls if s[0] is not None), reverse=True)[:12]:
     print(f"{value:8.2f}  {name}")
-# how busy the tensor pipes and L2 were, in % of peak
 for name, value in zip(rows[0], rows[2]):
-    if ("pipe_tensor" in name or name.startswith("lts__t_")) and name.endswith("sum.pct_of_peak_sustained_elapsed"):
+    busy = ("pipe_tensor" in name or name.startswith("lts__t_") or "mem_shared" in name) and name.endswith("sum.pct_of_peak_sustained_elapsed")
+    if busy or ("mem_shared" in name and "bank_conflicts" in name and name.endswith(".sum")):
         print(f"{value:>8}  {name}")'
-  } 2>&1 | tee "$OUT/profile.txt"
+    } 2>&1 | tee -a "$OUT/profile.txt"
+  done
 fi
 exit $status
