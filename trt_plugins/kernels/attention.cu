@@ -394,7 +394,8 @@ __global__ void __launch_bounds__(kAttentionThreads, kAttentionCtasPerSm)
   attend_pair<T, D>(p, smem, ws, b, h, m0, second_block(p, m0), q_head, k_head, v_head, out_head);
 }
 
-// minfer_debug_tiles: the schedule of the block's work item (its pair), as the attention kernel runs it, writing the keys of the tiles that block computes instead of computing them.
+// minfer_debug_tiles: the schedule of the block's work item (its pair), as the attention kernel runs it,
+// writing the keys of the tiles that block computes instead of computing them.
 __global__ void __launch_bounds__(kThreads) debug_tiles_kernel(const __grid_constant__ LaunchParams p,
                                                                const char* ws, const int32_t* items,
                                                                int32_t max_tiles, int32_t* tile_keys,
