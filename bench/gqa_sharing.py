@@ -1,11 +1,13 @@
 """How much K/V the query heads of a GQA group could share: the rows their tiles load, summed over a set of
-the group's heads (the whole group, or pairs), against the distinct rows among them, per query block.
+the group's heads (the whole group, or pairs), against the distinct rows among them, per query block. With
+--block-pairs: the tiles a pair of query blocks (2j, 2j + 1) of one head loads apart, against what it loads as
+the sm_90a kernel's pair (PairSchedule: a chunk both blocks hold, the same first key, once; columns per block).
 
 The attention kernel loads 64 K and V rows per tile, per query head and block. Where the heads of a group
 select the same rows (sinks, the local band, common diagonals), one CTA serving the whole group could load them
 once; this bounds what that design could save in L2 traffic, the kernel's next ceiling (docs/kernels.md).
 CPU only, from the reference index rules on the benchmark's LLM-like inputs and layer-16 budgets.
-Run: python bench/gqa_sharing.py --seq-len 131072 --blocks 64
+Run: python bench/gqa_sharing.py --seq-len 131072 --blocks 64 [--share 2 | --block-pairs]
 """
 
 from __future__ import annotations
@@ -31,6 +33,19 @@ def block_rows(index, m: int) -> torch.Tensor:
     return rows[(rows >= 0) & (rows <= m * BLOCK + BLOCK - 1)]
 
 
+def column_tiles(index, m: int) -> int:
+    return -(-index.block_columns(m).numel() // BLOCK)
+
+
+def pair_tiles(index, m0: int) -> tuple[int, int]:
+    """Tiles query blocks m0 and m0 + 1 load apart, and as one pair (a chunk both hold, the same start, once)."""
+    blocks = [m for m in (m0, m0 + 1) if m < index.num_blocks]
+    starts = [index.chunk_starts(m) for m in blocks]
+    columns = sum(column_tiles(index, m) for m in blocks)
+    apart = sum(s.numel() for s in starts) + columns
+    return apart, torch.unique(torch.cat(starts)).numel() + columns
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-len", type=int, default=131072)
@@ -39,12 +54,25 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=16)
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--share", type=int, default=HQ // HKV, help="query heads that share loads (divides 4)")
+    parser.add_argument("--block-pairs", action="store_true", help="count pairs of query blocks of one head instead")
     args = parser.parse_args()
     patterns = load_config(args.config).layers[args.layer]
     q, k = llm_like_qk(HQ, HKV, args.seq_len, D, seed=args.seed)
     indices = [build_head_index(q[h], k[h // (HQ // HKV)], patterns[h], D**-0.5) for h in range(HQ)]
     nb = num_blocks(args.seq_len)
     blocks = sorted({nb - 1, *random.Random(0).sample(range(nb), min(args.blocks, nb))})
+    if args.block_pairs:
+        pairs = sorted({m & ~1 for m in blocks})
+        apart = paired = 0
+        for index in indices:
+            for m0 in pairs:
+                a, p = pair_tiles(index, m0)
+                apart, paired = apart + a, paired + p
+        print(
+            f"S={args.seq_len}, {len(pairs)} pairs of query blocks per head: {apart} tiles loaded apart, {paired} "
+            f"as pairs ({apart / paired:.2f}x fewer)"
+        )
+        return
     loaded = distinct = 0
     for m in blocks:
         for g in range(HQ // args.share):
