@@ -33,15 +33,11 @@ def block_rows(index, m: int) -> torch.Tensor:
     return rows[(rows >= 0) & (rows <= m * BLOCK + BLOCK - 1)]
 
 
-def column_tiles(index, m: int) -> int:
-    return -(-index.block_columns(m).numel() // BLOCK)
-
-
 def pair_tiles(index, m0: int) -> tuple[int, int]:
     """Tiles query blocks m0 and m0 + 1 load apart, and as one pair (a chunk both hold, the same start, once)."""
     blocks = [m for m in (m0, m0 + 1) if m < index.num_blocks]
     starts = [index.chunk_starts(m) for m in blocks]
-    columns = sum(column_tiles(index, m) for m in blocks)
+    columns = sum(index.column_tiles(m) for m in blocks)
     apart = sum(s.numel() for s in starts) + columns
     return apart, torch.unique(torch.cat(starts)).numel() + columns
 

@@ -159,11 +159,13 @@ class HeadIndex:
         chunk_keys = (chunks[:, None] + torch.arange(BLOCK)[None, :]).reshape(-1)
         return torch.cat([chunk_keys, self.block_columns(m)])
 
+    def column_tiles(self, m: int) -> int:
+        """Tiles query block m's gathered columns take: up to 64 columns per tile, as the kernels gather them."""
+        return num_blocks(self.block_columns(m).numel())
+
     def tiles(self) -> int:
         """Work in 64x64 tiles (a group of up to 64 columns is one tile), as the kernels count it."""
-        return sum(
-            self.chunk_starts(m).numel() + -(-self.block_columns(m).numel() // BLOCK) for m in range(self.num_blocks)
-        )
+        return sum(self.chunk_starts(m).numel() + self.column_tiles(m) for m in range(self.num_blocks))
 
 
 def vertical_slash_counts(pattern: HeadPattern, seq_len: int) -> tuple[int, int]:

@@ -193,7 +193,7 @@ def check_layer(run: LayerRun, rng: random.Random) -> None:
 def check_tiles(run: LayerRun, b: int, h: int, index: HeadIndex, blocks: list[int], where: str) -> None:
     """The attention kernel's own tiles equal the reference's chunks, then its columns, in groups of 64."""
     items = torch.tensor([[b, h, m] for m in blocks], dtype=torch.int32)
-    max_tiles = max(index.chunk_starts(m).numel() + -(-index.block_columns(m).numel() // 64) for m in blocks)
+    max_tiles = max(index.chunk_starts(m).numel() + index.column_tiles(m) for m in blocks)
     keys, counts = run.library.debug_tiles(run.pattern, run.problem, run.workspace, items, max_tiles, run.stream)
     keys, counts = keys.cpu().long(), counts.cpu()
     for i, m in enumerate(blocks):
