@@ -7,6 +7,8 @@
 //   specialisation), each consumer skipping the other block's tiles, so neither waits for the other;
 // - elsewhere (sm_80): one warpgroup for both blocks, mma.sync, one barrier per tile.
 // The launch reads the body's thread count back from the loaded binary (docs/kernels.md).
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
 #include <climits>
@@ -16,6 +18,8 @@
 #include "tile_math.cuh"
 #include "tile_source.cuh"
 #include "wgmma.cuh"
+
+#include <cute/arch/copy_sm90_tma.hpp>
 
 #if MINFER_WGMMA
 #include <cutlass/arch/barrier.h>
@@ -68,6 +72,13 @@ constexpr int kAttentionThreads = kThreads, kAttentionCtasPerSm = 2;
 constexpr int kConsumerRegisters = 224, kProducerRegisters = 56;
 constexpr int kLaunchRegisters = (2 * kConsumerRegisters + kProducerRegisters) / 3;
 static_assert(kLaunchRegisters * 3 * kThreads <= 65536, "1 CTA per SM");
+
+// TMA descriptors of K and V as [batch * KV heads, S, D] (rows outside [0, S) of a head read as zeros), boxes of
+// 64 rows by 64 columns with the 128-byte swizzle: one box is one column block of a Tile. The sm_90a producer
+// loads a chunk tile with D / 32 of them from one thread; the sm_80 body does not read them.
+struct KvMaps {
+  CUtensorMap k, v;
+};
 
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
@@ -204,9 +215,11 @@ __device__ __forceinline__ void load_q_registers(uint32_t (&qa)[D / 16][4], cons
 // to say there are no more. Every producer thread arrives twice on the stage's full barrier: once when its
 // copies have landed (cp.async), once (release) after its stores of the keys and the TileDesc.
 template <typename T, int D>
-__device__ __forceinline__ void produce(PairSource& source, char* smem, const T* k_head, const T* v_head, int seq) {
+__device__ __forceinline__ void produce(PairSource& source, char* smem, const KvMaps& maps, int map_head,
+                                        const T* k_head, const T* v_head, int seq) {
   using S = PipeSmem<D>;
   using Barrier = cutlass::arch::ClusterBarrier;
+  constexpr int kTile = Tile<D>::kBytes;
   const uint32_t k_tiles = smem_addr(smem + S::kK), v_tiles = smem_addr(smem + S::kV);
   int* keys = reinterpret_cast<int*>(smem + S::kKeys);
   TileDesc* tiles = reinterpret_cast<TileDesc*>(smem + S::kTiles);
@@ -219,9 +232,18 @@ __device__ __forceinline__ void produce(PairSource& source, char* smem, const T*
     int* stage_keys = keys + stage * kBlock;
     const TileDesc tile = schedule.next(source, seq, stage_keys, group);
     if (group.tid() == 0) tiles[stage] = tile;
-    if (tile.uses)
-      load_kv<T, D>(k_tiles + stage * Tile<D>::kBytes, v_tiles + stage * Tile<D>::kBytes, k_head, v_head, tile,
-                    stage_keys, seq);
+    if (tile.uses && tile.start == kGathered) {  // gathered rows: cp.async by every producer thread
+      load_rows<T, D>(k_tiles + stage * kTile, k_head, stage_keys, seq);
+      load_rows<T, D>(v_tiles + stage * kTile, v_head, stage_keys, seq);
+    } else if (tile.uses && group.tid() == 0) {  // 64 consecutive rows: TMA boxes, counted in the full barrier
+      cutlass::arch::ClusterTransactionBarrier::expect_transaction(full + stage, 2 * kTile);
+#pragma unroll
+      for (int c = 0; c < D / 64; ++c) {
+        const uint32_t offset = stage * kTile + c * Tile<D>::kColumnBlockBytes;
+        cute::SM90_TMA_LOAD_3D::copy(&maps.k, full + stage, 0, smem + S::kK + offset, 64 * c, tile.start, map_head);
+        cute::SM90_TMA_LOAD_3D::copy(&maps.v, full + stage, 0, smem + S::kV + offset, 64 * c, tile.start, map_head);
+      }
+    }
     cutlass::arch::cpasync_barrier_arrive_noinc(full + stage);
     Barrier::arrive(full + stage);
     if (!tile.uses) return;
@@ -301,8 +323,9 @@ __device__ __forceinline__ void consume(const LaunchParams& p, char* smem, int h
 
 // Query blocks m0 and m1 (m1 < 0: none): warpgroups 0 and 1 consume, one block each, warpgroup 2 produces.
 template <typename T, int D>
-__device__ __forceinline__ void attend_pair(const LaunchParams& p, char* smem, const char* ws, int b, int h, int m0,
-                                            int m1, const T* q_head, const T* k_head, const T* v_head, T* out_head) {
+__device__ __forceinline__ void attend_pair(const LaunchParams& p, const KvMaps& maps, char* smem, const char* ws,
+                                            int b, int h, int m0, int m1, const T* q_head, const T* k_head,
+                                            const T* v_head, T* out_head) {
   using S = PipeSmem<D>;
   PairSource& source = *reinterpret_cast<PairSource*>(smem + S::kSource);
   if (threadIdx.x == 0) {
@@ -318,7 +341,7 @@ __device__ __forceinline__ void attend_pair(const LaunchParams& p, char* smem, c
   const int warpgroup = __shfl_sync(0xffffffffu, int(threadIdx.x) / kThreads, 0);
   if (warpgroup == 2) {
     cutlass::arch::warpgroup_reg_dealloc<kProducerRegisters>();
-    produce<T, D>(source, smem, k_head, v_head, int(p.seq_len));
+    produce<T, D>(source, smem, maps, b * p.num_kv_heads + h / p.group, k_head, v_head, int(p.seq_len));
   } else {
     // a missing second block still gives every stage back; its rows (from S on) are neither read nor written
     cutlass::arch::warpgroup_reg_alloc<kConsumerRegisters>();
@@ -326,10 +349,12 @@ __device__ __forceinline__ void attend_pair(const LaunchParams& p, char* smem, c
   }
 }
 #else
-// Query blocks m0 and m1 (m1 < 0: none) as one pair, each tile computed for the blocks that hold it.
+// Query blocks m0 and m1 (m1 < 0: none) as one pair, each tile computed for the blocks that hold it (by cp.async,
+// so the TMA descriptors go unread).
 template <typename T, int D>
-__device__ __forceinline__ void attend_pair(const LaunchParams& p, char* smem, const char* ws, int b, int h, int m0,
-                                            int m1, const T* q_head, const T* k_head, const T* v_head, T* out_head) {
+__device__ __forceinline__ void attend_pair(const LaunchParams& p, const KvMaps&, char* smem, const char* ws, int b,
+                                            int h, int m0, int m1, const T* q_head, const T* k_head,
+                                            const T* v_head, T* out_head) {
   using S = PairSmem<D>;
   const HeadParams& hp = p.heads[h];
   const int seq = int(p.seq_len);  // S <= 2^30
@@ -381,8 +406,8 @@ __device__ __forceinline__ void attend_pair(const LaunchParams& p, char* smem, c
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kAttentionThreads, kAttentionCtasPerSm)
-    attention_kernel(const __grid_constant__ LaunchParams p, const T* q, const T* k, const T* v, T* out,
-                     const char* ws) {
+    attention_kernel(const __grid_constant__ LaunchParams p, const __grid_constant__ KvMaps maps, const T* q,
+                     const T* k, const T* v, T* out, const char* ws) {
   extern __shared__ __align__(1024) char smem[];  // wgmma's swizzle needs 1 KB aligned tiles
   int b, h, m0;
   decode_work_item(p, blockIdx.x, b, h, m0);
@@ -391,7 +416,7 @@ __global__ void __launch_bounds__(kAttentionThreads, kAttentionCtasPerSm)
   const T* k_head = k + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
   const T* v_head = v + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
   T* out_head = out + (int64_t(b) * p.num_q_heads + h) * seq * D;
-  attend_pair<T, D>(p, smem, ws, b, h, m0, second_block(p, m0), q_head, k_head, v_head, out_head);
+  attend_pair<T, D>(p, maps, smem, ws, b, h, m0, second_block(p, m0), q_head, k_head, v_head, out_head);
 }
 
 // minfer_debug_tiles: the schedule of the block's work item (its pair), as the attention kernel runs it, writing the keys of the tiles that block computes instead of computing them.
@@ -436,17 +461,45 @@ cudaError_t attention_body(AttentionBody& body) {
   return cudaSuccess;
 }
 
+// One of K or V as the TMA descriptor KvMaps describes; the driver's encoder is looked up once.
+template <typename T, int D>
+cudaError_t kv_map(CUtensorMap& map, const void* base, const LaunchParams& p) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found;
+    const cudaError_t err =
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found);
+    return err == cudaSuccess && found == cudaDriverEntryPointSuccess
+               ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn)
+               : nullptr;
+  }();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[3] = {cuuint64_t(D), cuuint64_t(p.seq_len), cuuint64_t(p.batch) * p.num_kv_heads};
+  const cuuint64_t strides[2] = {cuuint64_t(D) * sizeof(T), cuuint64_t(p.seq_len) * D * sizeof(T)};
+  const cuuint32_t box[3] = {64, kBlock, 1}, unit[3] = {1, 1, 1};
+  const CUresult result = encode(&map, std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                                                  : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                                 3, const_cast<void*>(base), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                 CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 template <typename T, int D>
 cudaError_t launch_attention_typed(const LaunchParams& p, const void* q, const void* k, const void* v, void* out,
                                    const char* ws, cudaStream_t stream) {
   AttentionBody body;
   cudaError_t err = attention_body<T, D>(body);
   if (err != cudaSuccess) return err;
+  KvMaps maps{};
+  if (body.threads == 3 * kThreads &&
+      ((err = kv_map<T, D>(maps.k, k, p)) != cudaSuccess || (err = kv_map<T, D>(maps.v, v, p)) != cudaSuccess))
+    return err;
   err = cudaFuncSetAttribute(attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, body.smem);
   if (err != cudaSuccess) return err;
   const int64_t items = int64_t(work_items_per_head(p)) * p.batch * p.num_q_heads;
   attention_kernel<T, D><<<dim3(unsigned(items)), body.threads, body.smem, stream>>>(
-      p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(out), ws);
+      p, maps, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(out), ws);
   return cudaGetLastError();
 }
 
