@@ -237,11 +237,14 @@ __device__ __forceinline__ void produce(PairSource& source, char* smem, const Kv
       load_rows<T, D>(v_tiles + stage * kTile, v_head, stage_keys, seq);
     } else if (tile.uses && group.tid() == 0) {  // 64 consecutive rows: TMA boxes, counted in the full barrier
       cutlass::arch::ClusterTransactionBarrier::expect_transaction(full + stage, 2 * kTile);
+      constexpr uint64_t kHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
 #pragma unroll
       for (int c = 0; c < D / 64; ++c) {
         const uint32_t offset = stage * kTile + c * Tile<D>::kColumnBlockBytes;
-        cute::SM90_TMA_LOAD_3D::copy(&maps.k, full + stage, 0, smem + S::kK + offset, 64 * c, tile.start, map_head);
-        cute::SM90_TMA_LOAD_3D::copy(&maps.v, full + stage, 0, smem + S::kV + offset, 64 * c, tile.start, map_head);
+        cute::SM90_TMA_LOAD_3D::copy(&maps.k, full + stage, kHint, smem + S::kK + offset, 64 * c, tile.start,
+                                     map_head);
+        cute::SM90_TMA_LOAD_3D::copy(&maps.v, full + stage, kHint, smem + S::kV + offset, 64 * c, tile.start,
+                                     map_head);
       }
     }
     cutlass::arch::cpasync_barrier_arrive_noinc(full + stage);
