@@ -254,12 +254,10 @@ __device__ __forceinline__ void produce(PairSource& source, char* smem, const Kv
   }
 }
 
-// The consumer warpgroup of block `half` of the pair (query block m): over each run of consecutive tiles it
-// computes, Q K^T of tile t and P V of tile t-1 go out as two wgmma groups, the softmax of tile t waits only for
-// the first, and tile t-1's stage goes back to the producer once the second is done. A tile of the other block
-// ends the run: its pending P V is finished and its stage given back first, since holding it across the other
-// block's tiles could leave the producer waiting for it while this consumer waits for a stage the producer
-// cannot fill. Tiles of the other block go straight back.
+// The consumer warpgroup of block `half` of the pair (query block m): each tile of its block in turn, Q K^T,
+// softmax, rescale, P V, then the stage goes back; tiles of the other block go straight back. Holding one stage
+// at a time leaves the producer four of the six to keep loads in flight (the two consumers' softmax and wgmma
+// interleave on the SM's tensor cores instead of one consumer's Q K^T beside its own previous P V).
 template <typename T, int D>
 __device__ __forceinline__ void consume(const LaunchParams& p, char* smem, int h, int m, int half, const T* q_head,
                                         T* out_head) {
@@ -280,46 +278,26 @@ __device__ __forceinline__ void consume(const LaunchParams& p, char* smem, int h
   BlockRows<D> rows;
   rows.init(start);
   float s[32], alpha[2];
-  uint32_t pa[4][4];  // P of the tile whose P V is pending
+  uint32_t pa[4][4];  // P of the tile, as P V's A operand
   int stage = 0, phase = 0;
   const auto next_stage = [&] {
     if (++stage == kStages) stage = 0, phase ^= 1;
   };
-  for (TileDesc tile;;) {
-    for (;;) {  // to this block's next tile, giving the other block's back
-      Barrier::wait(full + stage, phase);
-      tile = tiles[stage];
-      if (!tile.uses || (tile.uses & mine)) break;
-      Barrier::arrive(empty + stage);
-      next_stage();
-    }
+  for (;; next_stage()) {  // each tile in turn: Q K^T, softmax, P V, then its stage goes back
+    Barrier::wait(full + stage, phase);
+    const TileDesc tile = tiles[stage];
     if (!tile.uses) break;
-    wgmma::fence_async_shared();  // the run's first tile: no P V pending
-    wgmma::qk_issue<T, D>(s, qa, k_tiles + stage * kTile);
-    wgmma::wait<0>(s);
-    rows.softmax_tile(s, alpha, tile, keys + stage * kBlock, half, hp, seq, p.scale_log2);
-    rows.rescale(alpha);
-    p_fragments<T>(pa, s);
-    int pending = stage;  // stage of the tile whose P V is pending
-    for (next_stage();; next_stage()) {
-      Barrier::wait(full + stage, phase);
-      tile = tiles[stage];
-      if (!(tile.uses & mine)) break;  // the end, or the other block's tile (given back by the search above)
+    if (tile.uses & mine) {
       wgmma::fence_async_shared();
       wgmma::qk_issue<T, D>(s, qa, k_tiles + stage * kTile);
-      wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + pending * kTile);
-      wgmma::wait<1>(s);
+      wgmma::wait<0>(s);
       rows.softmax_tile(s, alpha, tile, keys + stage * kBlock, half, hp, seq, p.scale_log2);
-      wgmma::wait<0>(rows.o);
-      Barrier::arrive(empty + pending);
       rows.rescale(alpha);
       p_fragments<T>(pa, s);
-      pending = stage;
+      wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + stage * kTile);
+      wgmma::wait<0>(rows.o);
     }
-    wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + pending * kTile);
-    wgmma::wait<0>(rows.o);
-    Barrier::arrive(empty + pending);
-    if (!tile.uses) break;
+    Barrier::arrive(empty + stage);
   }
   rows.store(out_head, seq);
 }
