@@ -4,9 +4,9 @@ One producer fills a ring of stages with a pair's tiles (each for block 0, block
 one per block, each compute their own tiles and give back the other's. Mbarriers with phase parities as PTX
 defines them, the producer's copies landing at random later times, random interleavings: every tile must reach
 each consumer that computes it once, in order, after its copies landed; no stage may be refilled while a P V
-can still read it; no schedule may deadlock. Mutations of the consumer show that the checks catch what they
-are for: `hold` keeps its pending P V across the other block's tiles (deadlocks), `early` gives a stage back
-before its P V (refilled under it). Run: python bench/stage_protocol_model.py [--mutation hold|early]
+can still read it; no schedule may deadlock. A mutation of the consumer shows that the checks catch what they
+are for: `early` gives a stage back before its P V (refilled under it).
+Run: python bench/stage_protocol_model.py [--mutation early]
 """
 
 import argparse
@@ -14,7 +14,7 @@ import random
 
 STAGES = 6
 FIRST, SECOND = 1, 2
-MUTATIONS = ("hold", "early")
+MUTATIONS = ("early",)
 
 
 class Barrier:
@@ -69,48 +69,24 @@ def run(uses: list[int], rng: random.Random, mutation: str | None) -> None:
         def landed(s: int, tile: int | None = None) -> bool:
             return content[s][0] == "landed" and (tile is None or content[s][1] == tile)
 
-        def finish_pv(pending: int):  # issue P V of the pending tile, wait for it, give its stage back
-            if mutation == "early":
-                empty[pending].arrive()
-            yield
-            assert landed(pending), "a stage was refilled under its P V"
-            if mutation != "early":
-                empty[pending].arrive()
-
-        while True:
-            while True:  # to this block's next tile, giving the other block's back
-                while not full[stage].done(phase):
-                    yield
-                t, u = desc[stage]
-                if not u or u & mine:
-                    break
-                empty[stage].arrive()
-                next_stage()
+        while True:  # each tile in turn; this block's: Q K^T, softmax, P V, then the stage goes back
+            while not full[stage].done(phase):
+                yield
+            t, u = desc[stage]
             if not u:
                 break
-            assert landed(stage, t)
-            seen[half].append(t)
-            pending = stage
-            next_stage()
-            while True:
-                while not full[stage].done(phase):
-                    yield
-                t, u = desc[stage]
-                if not u & mine:
-                    if mutation == "hold" and u:
-                        empty[stage].arrive()
-                        next_stage()
-                        continue
-                    break
-                assert landed(stage, t) and landed(pending)
-                seen[half].append(t)
-                yield from finish_pv(pending)  # Q K^T of this tile and P V of the pending one run together
+            if u & mine:
                 assert landed(stage, t)
-                pending = stage
-                next_stage()
-            yield from finish_pv(pending)
-            if not u:
-                break
+                seen[half].append(t)
+                if mutation == "early":
+                    empty[stage].arrive()
+                yield  # Q K^T, softmax, P V
+                assert landed(stage, t), "a stage was refilled under its P V"
+                if mutation != "early":
+                    empty[stage].arrive()
+            else:
+                empty[stage].arrive()
+            next_stage()
 
     agents = {"producer": producer(), "consumer 0": consumer(0), "consumer 1": consumer(1)}
     for _ in range(200_000):

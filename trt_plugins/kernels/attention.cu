@@ -7,6 +7,8 @@
 //   specialisation), each consumer skipping the other block's tiles, so neither waits for the other;
 // - elsewhere (sm_80): one warpgroup for both blocks, mma.sync, one barrier per tile.
 // The launch reads the body's thread count back from the loaded binary (docs/kernels.md).
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
 #include <climits>
@@ -16,6 +18,8 @@
 #include "tile_math.cuh"
 #include "tile_source.cuh"
 #include "wgmma.cuh"
+
+#include <cute/arch/copy_sm90_tma.hpp>
 
 #if MINFER_WGMMA
 #include <cutlass/arch/barrier.h>
@@ -68,6 +72,13 @@ constexpr int kAttentionThreads = kThreads, kAttentionCtasPerSm = 2;
 constexpr int kConsumerRegisters = 224, kProducerRegisters = 56;
 constexpr int kLaunchRegisters = (2 * kConsumerRegisters + kProducerRegisters) / 3;
 static_assert(kLaunchRegisters * 3 * kThreads <= 65536, "1 CTA per SM");
+
+// TMA descriptors of K and V as [batch * KV heads, S, D] (rows outside [0, S) of a head read as zeros), boxes of
+// 64 rows by 64 columns with the 128-byte swizzle: one box is one column block of a Tile. The sm_90a producer
+// loads a chunk tile with D / 32 of them from one thread; the sm_80 body does not read them.
+struct KvMaps {
+  CUtensorMap k, v;
+};
 
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
@@ -204,9 +215,11 @@ __device__ __forceinline__ void load_q_registers(uint32_t (&qa)[D / 16][4], cons
 // to say there are no more. Every producer thread arrives twice on the stage's full barrier: once when its
 // copies have landed (cp.async), once (release) after its stores of the keys and the TileDesc.
 template <typename T, int D>
-__device__ __forceinline__ void produce(PairSource& source, char* smem, const T* k_head, const T* v_head, int seq) {
+__device__ __forceinline__ void produce(PairSource& source, char* smem, const KvMaps& maps, int map_head,
+                                        const T* k_head, const T* v_head, int seq) {
   using S = PipeSmem<D>;
   using Barrier = cutlass::arch::ClusterBarrier;
+  constexpr int kTile = Tile<D>::kBytes;
   const uint32_t k_tiles = smem_addr(smem + S::kK), v_tiles = smem_addr(smem + S::kV);
   int* keys = reinterpret_cast<int*>(smem + S::kKeys);
   TileDesc* tiles = reinterpret_cast<TileDesc*>(smem + S::kTiles);
@@ -219,9 +232,21 @@ __device__ __forceinline__ void produce(PairSource& source, char* smem, const T*
     int* stage_keys = keys + stage * kBlock;
     const TileDesc tile = schedule.next(source, seq, stage_keys, group);
     if (group.tid() == 0) tiles[stage] = tile;
-    if (tile.uses)
-      load_kv<T, D>(k_tiles + stage * Tile<D>::kBytes, v_tiles + stage * Tile<D>::kBytes, k_head, v_head, tile,
-                    stage_keys, seq);
+    if (tile.uses && tile.start == kGathered) {  // gathered rows: cp.async by every producer thread
+      load_rows<T, D>(k_tiles + stage * kTile, k_head, stage_keys, seq);
+      load_rows<T, D>(v_tiles + stage * kTile, v_head, stage_keys, seq);
+    } else if (tile.uses && group.tid() == 0) {  // 64 consecutive rows: TMA boxes, counted in the full barrier
+      cutlass::arch::ClusterTransactionBarrier::expect_transaction(full + stage, 2 * kTile);
+      constexpr uint64_t kHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+#pragma unroll
+      for (int c = 0; c < D / 64; ++c) {
+        const uint32_t offset = stage * kTile + c * Tile<D>::kColumnBlockBytes;
+        cute::SM90_TMA_LOAD_3D::copy(&maps.k, full + stage, kHint, smem + S::kK + offset, 64 * c, tile.start,
+                                     map_head);
+        cute::SM90_TMA_LOAD_3D::copy(&maps.v, full + stage, kHint, smem + S::kV + offset, 64 * c, tile.start,
+                                     map_head);
+      }
+    }
     cutlass::arch::cpasync_barrier_arrive_noinc(full + stage);
     Barrier::arrive(full + stage);
     if (!tile.uses) return;
@@ -229,12 +254,10 @@ __device__ __forceinline__ void produce(PairSource& source, char* smem, const T*
   }
 }
 
-// The consumer warpgroup of block `half` of the pair (query block m): over each run of consecutive tiles it
-// computes, Q K^T of tile t and P V of tile t-1 go out as two wgmma groups, the softmax of tile t waits only for
-// the first, and tile t-1's stage goes back to the producer once the second is done. A tile of the other block
-// ends the run: its pending P V is finished and its stage given back first, since holding it across the other
-// block's tiles could leave the producer waiting for it while this consumer waits for a stage the producer
-// cannot fill. Tiles of the other block go straight back.
+// The consumer warpgroup of block `half` of the pair (query block m): each tile of its block in turn, Q K^T,
+// softmax, rescale, P V, then the stage goes back; tiles of the other block go straight back. Holding one stage
+// at a time leaves the producer four of the six to keep loads in flight (the two consumers' softmax and wgmma
+// interleave on the SM's tensor cores instead of one consumer's Q K^T beside its own previous P V).
 template <typename T, int D>
 __device__ __forceinline__ void consume(const LaunchParams& p, char* smem, int h, int m, int half, const T* q_head,
                                         T* out_head) {
@@ -255,54 +278,35 @@ __device__ __forceinline__ void consume(const LaunchParams& p, char* smem, int h
   BlockRows<D> rows;
   rows.init(start);
   float s[32], alpha[2];
-  uint32_t pa[4][4];  // P of the tile whose P V is pending
+  uint32_t pa[4][4];  // P of the tile, as P V's A operand
   int stage = 0, phase = 0;
   const auto next_stage = [&] {
     if (++stage == kStages) stage = 0, phase ^= 1;
   };
-  for (TileDesc tile;;) {
-    for (;;) {  // to this block's next tile, giving the other block's back
-      Barrier::wait(full + stage, phase);
-      tile = tiles[stage];
-      if (!tile.uses || (tile.uses & mine)) break;
-      Barrier::arrive(empty + stage);
-      next_stage();
-    }
+  for (;; next_stage()) {  // each tile in turn: Q K^T, softmax, P V, then its stage goes back
+    Barrier::wait(full + stage, phase);
+    const TileDesc tile = tiles[stage];
     if (!tile.uses) break;
-    wgmma::fence_async_shared();  // the run's first tile: no P V pending
-    wgmma::qk_issue<T, D>(s, qa, k_tiles + stage * kTile);
-    wgmma::wait<0>(s);
-    rows.softmax_tile(s, alpha, tile, keys + stage * kBlock, half, hp, seq, p.scale_log2);
-    rows.rescale(alpha);
-    p_fragments<T>(pa, s);
-    int pending = stage;  // stage of the tile whose P V is pending
-    for (next_stage();; next_stage()) {
-      Barrier::wait(full + stage, phase);
-      tile = tiles[stage];
-      if (!(tile.uses & mine)) break;  // the end, or the other block's tile (given back by the search above)
+    if (tile.uses & mine) {
       wgmma::fence_async_shared();
       wgmma::qk_issue<T, D>(s, qa, k_tiles + stage * kTile);
-      wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + pending * kTile);
-      wgmma::wait<1>(s);
+      wgmma::wait<0>(s);
       rows.softmax_tile(s, alpha, tile, keys + stage * kBlock, half, hp, seq, p.scale_log2);
-      wgmma::wait<0>(rows.o);
-      Barrier::arrive(empty + pending);
       rows.rescale(alpha);
       p_fragments<T>(pa, s);
-      pending = stage;
+      wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + stage * kTile);
+      wgmma::wait<0>(rows.o);
     }
-    wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + pending * kTile);
-    wgmma::wait<0>(rows.o);
-    Barrier::arrive(empty + pending);
-    if (!tile.uses) break;
+    Barrier::arrive(empty + stage);
   }
   rows.store(out_head, seq);
 }
 
 // Query blocks m0 and m1 (m1 < 0: none): warpgroups 0 and 1 consume, one block each, warpgroup 2 produces.
 template <typename T, int D>
-__device__ __forceinline__ void attend_pair(const LaunchParams& p, char* smem, const char* ws, int b, int h, int m0,
-                                            int m1, const T* q_head, const T* k_head, const T* v_head, T* out_head) {
+__device__ __forceinline__ void attend_pair(const LaunchParams& p, const KvMaps& maps, char* smem, const char* ws,
+                                            int b, int h, int m0, int m1, const T* q_head, const T* k_head,
+                                            const T* v_head, T* out_head) {
   using S = PipeSmem<D>;
   PairSource& source = *reinterpret_cast<PairSource*>(smem + S::kSource);
   if (threadIdx.x == 0) {
@@ -318,7 +322,7 @@ __device__ __forceinline__ void attend_pair(const LaunchParams& p, char* smem, c
   const int warpgroup = __shfl_sync(0xffffffffu, int(threadIdx.x) / kThreads, 0);
   if (warpgroup == 2) {
     cutlass::arch::warpgroup_reg_dealloc<kProducerRegisters>();
-    produce<T, D>(source, smem, k_head, v_head, int(p.seq_len));
+    produce<T, D>(source, smem, maps, b * p.num_kv_heads + h / p.group, k_head, v_head, int(p.seq_len));
   } else {
     // a missing second block still gives every stage back; its rows (from S on) are neither read nor written
     cutlass::arch::warpgroup_reg_alloc<kConsumerRegisters>();
@@ -326,10 +330,12 @@ __device__ __forceinline__ void attend_pair(const LaunchParams& p, char* smem, c
   }
 }
 #else
-// Query blocks m0 and m1 (m1 < 0: none) as one pair, each tile computed for the blocks that hold it.
+// Query blocks m0 and m1 (m1 < 0: none) as one pair, each tile computed for the blocks that hold it (by cp.async,
+// so the TMA descriptors go unread).
 template <typename T, int D>
-__device__ __forceinline__ void attend_pair(const LaunchParams& p, char* smem, const char* ws, int b, int h, int m0,
-                                            int m1, const T* q_head, const T* k_head, const T* v_head, T* out_head) {
+__device__ __forceinline__ void attend_pair(const LaunchParams& p, const KvMaps&, char* smem, const char* ws, int b,
+                                            int h, int m0, int m1, const T* q_head, const T* k_head,
+                                            const T* v_head, T* out_head) {
   using S = PairSmem<D>;
   const HeadParams& hp = p.heads[h];
   const int seq = int(p.seq_len);  // S <= 2^30
@@ -381,8 +387,8 @@ __device__ __forceinline__ void attend_pair(const LaunchParams& p, char* smem, c
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kAttentionThreads, kAttentionCtasPerSm)
-    attention_kernel(const __grid_constant__ LaunchParams p, const T* q, const T* k, const T* v, T* out,
-                     const char* ws) {
+    attention_kernel(const __grid_constant__ LaunchParams p, const __grid_constant__ KvMaps maps, const T* q,
+                     const T* k, const T* v, T* out, const char* ws) {
   extern __shared__ __align__(1024) char smem[];  // wgmma's swizzle needs 1 KB aligned tiles
   int b, h, m0;
   decode_work_item(p, blockIdx.x, b, h, m0);
@@ -391,7 +397,7 @@ __global__ void __launch_bounds__(kAttentionThreads, kAttentionCtasPerSm)
   const T* k_head = k + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
   const T* v_head = v + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
   T* out_head = out + (int64_t(b) * p.num_q_heads + h) * seq * D;
-  attend_pair<T, D>(p, smem, ws, b, h, m0, second_block(p, m0), q_head, k_head, v_head, out_head);
+  attend_pair<T, D>(p, maps, smem, ws, b, h, m0, second_block(p, m0), q_head, k_head, v_head, out_head);
 }
 
 // minfer_debug_tiles: the schedule of the block's work item (its pair), as the attention kernel runs it,
@@ -437,17 +443,45 @@ cudaError_t attention_body(AttentionBody& body) {
   return cudaSuccess;
 }
 
+// One of K or V as the TMA descriptor KvMaps describes; the driver's encoder is looked up once.
+template <typename T, int D>
+cudaError_t kv_map(CUtensorMap& map, const void* base, const LaunchParams& p) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found;
+    const cudaError_t err =
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found);
+    return err == cudaSuccess && found == cudaDriverEntryPointSuccess
+               ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn)
+               : nullptr;
+  }();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[3] = {cuuint64_t(D), cuuint64_t(p.seq_len), cuuint64_t(p.batch) * p.num_kv_heads};
+  const cuuint64_t strides[2] = {cuuint64_t(D) * sizeof(T), cuuint64_t(p.seq_len) * D * sizeof(T)};
+  const cuuint32_t box[3] = {64, kBlock, 1}, unit[3] = {1, 1, 1};
+  const CUresult result = encode(&map, std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                                                  : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                                 3, const_cast<void*>(base), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                 CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 template <typename T, int D>
 cudaError_t launch_attention_typed(const LaunchParams& p, const void* q, const void* k, const void* v, void* out,
                                    const char* ws, cudaStream_t stream) {
   AttentionBody body;
   cudaError_t err = attention_body<T, D>(body);
   if (err != cudaSuccess) return err;
+  KvMaps maps{};
+  if (body.threads == 3 * kThreads &&
+      ((err = kv_map<T, D>(maps.k, k, p)) != cudaSuccess || (err = kv_map<T, D>(maps.v, v, p)) != cudaSuccess))
+    return err;
   err = cudaFuncSetAttribute(attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, body.smem);
   if (err != cudaSuccess) return err;
   const int64_t items = int64_t(work_items_per_head(p)) * p.batch * p.num_q_heads;
   attention_kernel<T, D><<<dim3(unsigned(items)), body.threads, body.smem, stream>>>(
-      p, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(out), ws);
+      p, maps, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(out), ws);
   return cudaGetLastError();
 }
 
