@@ -1,11 +1,12 @@
 // The sparse attention forward: all heads of the layer in one launch, FlashAttention-2 style (online softmax in
-// fp32 over 64-key tiles filled by cp.async) over the tiles PairSchedule yields for a pair of query blocks per
-// CTA, a chunk both blocks hold loaded once. Two bodies:
-// - sm_90a: a consumer warpgroup per block (Q in registers, Q K^T and P V as Hopper wgmma, software pipelined
-//   across its tiles) and a producer warpgroup that runs the pair's tile schedule and the loads; they hand tiles
-//   over through a ring of six shared-memory stages with full/empty mbarriers (FlashAttention-3's warp
-//   specialisation), each consumer skipping the other block's tiles, so neither waits for the other;
-// - elsewhere (sm_80): one warpgroup for both blocks, mma.sync, one barrier per tile.
+// fp32 over 64-key tiles) over the tiles PairSchedule yields for a pair of query blocks per CTA, a chunk both
+// blocks hold loaded once. Two bodies:
+// - sm_90a: a consumer warpgroup per block (Q in registers, Q K^T and P V as Hopper wgmma, one tile at a time)
+//   and a producer warpgroup that runs the pair's tile schedule and the loads (chunk tiles by TMA, gathered
+//   columns by cp.async); they hand tiles over through a ring of six shared-memory stages with full/empty
+//   mbarriers (FlashAttention-3's warp specialisation), each consumer skipping the other block's tiles, so
+//   neither waits for the other;
+// - elsewhere (sm_80): one warpgroup for both blocks, cp.async, mma.sync, one barrier per tile.
 // The launch reads the body's thread count back from the loaded binary (docs/kernels.md).
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -213,7 +214,8 @@ __device__ __forceinline__ void load_q_registers(uint32_t (&qa)[D / 16][4], cons
 
 // The producer warpgroup: the pair's tiles in order, each into the next free stage, then a tile without uses
 // to say there are no more. Every producer thread arrives twice on the stage's full barrier: once when its
-// copies have landed (cp.async), once (release) after its stores of the keys and the TileDesc.
+// cp.async copies have landed (at once for a TMA tile, where it issued none), once (release) after its stores of
+// the keys and the TileDesc. A TMA tile's bytes are announced by thread 0 (expect-tx) and complete the phase too.
 template <typename T, int D>
 __device__ __forceinline__ void produce(PairSource& source, char* smem, const KvMaps& maps, int map_head,
                                         const T* k_head, const T* v_head, int seq) {
