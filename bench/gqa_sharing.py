@@ -1,7 +1,8 @@
 """How much K/V the query heads of a GQA group could share: the rows their tiles load, summed over a set of
 the group's heads (the whole group, or pairs), against the distinct rows among them, per query block. With
 --block-pairs: the tiles a pair of query blocks (2j, 2j + 1) of one head loads apart, against what it loads as
-the sm_90a kernel's pair (PairSchedule: a chunk both blocks hold, the same first key, once; columns per block).
+the sm_90a kernel's pair (PairSchedule: a chunk both blocks hold, the same first key, once; columns per block),
+and how many of the pair's tiles are gathered columns, the part that still loads by cp.async.
 
 The attention kernel loads 64 K and V rows per tile, per query head and block. Where the heads of a group
 select the same rows (sinks, the local band, common diagonals), one CTA serving the whole group could load them
@@ -33,13 +34,14 @@ def block_rows(index, m: int) -> torch.Tensor:
     return rows[(rows >= 0) & (rows <= m * BLOCK + BLOCK - 1)]
 
 
-def pair_tiles(index, m0: int) -> tuple[int, int]:
-    """Tiles query blocks m0 and m0 + 1 load apart, and as one pair (a chunk both hold, the same start, once)."""
+def pair_tiles(index, m0: int) -> tuple[int, int, int]:
+    """Tiles query blocks m0 and m0 + 1 load apart, as one pair (a chunk both hold, the same start, once), and
+    how many of them are gathered columns (cp.async on sm_90a, where chunk tiles come by TMA)."""
     blocks = [m for m in (m0, m0 + 1) if m < index.num_blocks]
     starts = [index.chunk_starts(m) for m in blocks]
     columns = sum(index.column_tiles(m) for m in blocks)
     apart = sum(s.numel() for s in starts) + columns
-    return apart, torch.unique(torch.cat(starts)).numel() + columns
+    return apart, torch.unique(torch.cat(starts)).numel() + columns, columns
 
 
 def main() -> None:
@@ -59,14 +61,14 @@ def main() -> None:
     blocks = sorted({nb - 1, *random.Random(0).sample(range(nb), min(args.blocks, nb))})
     if args.block_pairs:
         pairs = sorted({m & ~1 for m in blocks})
-        apart = paired = 0
+        apart = paired = columns = 0
         for index in indices:
             for m0 in pairs:
-                a, p = pair_tiles(index, m0)
-                apart, paired = apart + a, paired + p
+                a, p, c = pair_tiles(index, m0)
+                apart, paired, columns = apart + a, paired + p, columns + c
         print(
             f"S={args.seq_len}, {len(pairs)} pairs of query blocks per head: {apart} tiles loaded apart, {paired} "
-            f"as pairs ({apart / paired:.2f}x fewer)"
+            f"as pairs ({apart / paired:.2f}x fewer), of which {columns} gathered columns ({columns / paired:.1%})"
         )
         return
     loaded = distinct = 0
