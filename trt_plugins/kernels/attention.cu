@@ -457,7 +457,7 @@ cudaError_t kv_map(CUtensorMap& map, const void* base, const LaunchParams& p) {
                ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn)
                : nullptr;
   }();
-  if (encode == nullptr) return cudaErrorNotSupported;
+  if (encode == nullptr) return cudaErrorInsufficientDriver;  // a driver older than CUDA 12.0 has no encoder
   const cuuint64_t dims[3] = {cuuint64_t(D), cuuint64_t(p.seq_len), cuuint64_t(p.batch) * p.num_kv_heads};
   const cuuint64_t strides[2] = {cuuint64_t(D) * sizeof(T), cuuint64_t(p.seq_len) * D * sizeof(T)};
   const cuuint32_t box[3] = {64, kBlock, 1}, unit[3] = {1, 1, 1};
