@@ -66,8 +66,8 @@ constexpr int kAttentionThreads = 3 * kThreads, kAttentionCtasPerSm = 1;
 constexpr int kAttentionThreads = kThreads, kAttentionCtasPerSm = 2;
 #endif
 
-// Registers per thread after setmaxnreg: a consumer holds Q (32), o (D / 2), a tile's logits (32) and P of the
-// pending P V (16); the producer only addresses. setmaxnreg moves registers between the warpgroups of the CTA,
+// Registers per thread after setmaxnreg: a consumer holds Q (32), o (D / 2), a tile's logits (32) and its P
+// (16); the producer only addresses. setmaxnreg moves registers between the warpgroups of the CTA,
 // so the launch must allocate their sum: 168 per thread of 384 (the host checks the binary's count, since a
 // consumer asking for more than the CTA holds would wait forever).
 constexpr int kConsumerRegisters = 224, kProducerRegisters = 56;
