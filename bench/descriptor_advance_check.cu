@@ -1,5 +1,6 @@
 // CPU check of wgmma.cuh's advance: a k-step's wgmma descriptor built from scratch equals the tile's descriptor
-// plus the step's offset, for every stage, k-step and 1 KB aligned tile address below 227 KB.
+// plus the step's offset, for every k-step and every 1 KB aligned tile that fits below 227 KB: wherever a ring of
+// any depth puts its stages.
 // Run: nvcc -std=c++17 -Itrt_plugins/include -Itrt_plugins/kernels -isystem <cutlass include> \
 //        bench/descriptor_advance_check.cu -o /tmp/check && /tmp/check
 #include <cstdint>
@@ -14,15 +15,13 @@ int main() {
   for (int D : {64, 128}) {
     const uint32_t col_block = 64 * 128;  // Tile<D>::kColumnBlockBytes
     const uint32_t tile_bytes = D * 64 * 2;
-    for (uint32_t base = 0; base + 6 * tile_bytes <= 232448; base += 1024)
-      for (int stage = 0; stage < 6; ++stage) {
-        const uint32_t tile = base + stage * tile_bytes;
-        for (int kk = 0; kk < D / 16; ++kk, ++n)
-          bad += descriptor(tile + (kk >> 2) * col_block + (kk & 3) * 32, 16, 1024) !=
-                 advance(descriptor(tile, 16, 1024), (kk >> 2) * col_block + (kk & 3) * 32);
-        for (int kk = 0; kk < 4; ++kk, ++n)
-          bad += descriptor(tile + kk * 16 * 128, col_block, 1024) != advance(descriptor(tile, col_block, 1024), kk * 16 * 128);
-      }
+    for (uint32_t tile = 0; tile + tile_bytes <= 232448; tile += 1024) {
+      for (int kk = 0; kk < D / 16; ++kk, ++n)
+        bad += descriptor(tile + (kk >> 2) * col_block + (kk & 3) * 32, 16, 1024) !=
+               advance(descriptor(tile, 16, 1024), (kk >> 2) * col_block + (kk & 3) * 32);
+      for (int kk = 0; kk < 4; ++kk, ++n)
+        bad += descriptor(tile + kk * 16 * 128, col_block, 1024) != advance(descriptor(tile, col_block, 1024), kk * 16 * 128);
+    }
   }
   printf("%ld descriptors, %ld differ\n", n, bad);
   return bad != 0;
