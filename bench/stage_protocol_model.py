@@ -66,8 +66,8 @@ def run(uses: list[int], rng: random.Random, mutation: str | None) -> None:
             if stage == STAGES:
                 stage, phase = 0, phase ^ 1
 
-        def landed(s: int, tile: int | None = None) -> bool:
-            return content[s][0] == "landed" and (tile is None or content[s][1] == tile)
+        def landed(s: int, tile: int) -> bool:
+            return content[s] == ("landed", tile)
 
         while True:  # each tile in turn; this block's: Q K^T, softmax, P V, then the stage goes back
             while not full[stage].done(phase):
