@@ -6,7 +6,8 @@ LLM-like inputs (minfer.patterns.planted.llm_like_qk) and (b) i.i.d. random Q/K/
 goes through the C ABI exactly as the TensorRT plugin's enqueue does. Per row: the fraction of dense
 causal work the tiles select (counted by the attention kernel's own tile generator), time, speedup
 over the best of cuDNN and flash SDPA (same run, same GPU), TFLOP/s on the tiles computed (attention
-kernel time, from the profiler), the share of time spent building indices, and the workspace.
+kernel time, from the profiler), the share of time spent building indices, the workspace, and the SM clock,
+power and throttle reasons nvidia-smi saw while the sparse and the best dense call were timed (bench/gpu_clocks.py).
 
     python bench/bench_kernels.py --out out/bench.md        # (on the GPU; see bench/device.sh)
 """
@@ -20,6 +21,7 @@ from typing import Annotated
 
 import torch
 import typer
+from gpu_clocks import ClockSampler  # bench/, on the path as the script's folder
 from rich.console import Console
 from rich.progress import Progress
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -154,12 +156,17 @@ def main(
         raise typer.BadParameter("put iid first: it reuses the dense run's inputs")
     rows = []
     device = torch.cuda.get_device_name()
+    clocks = ClockSampler()
     with Progress(console=console) as progress:
         task = progress.add_task("benchmark", total=len(seqs) * (1 + len(families.split(","))))
         for seq in seqs:
             scale_reps = max(1, round(4 * (131072 / seq)))
             q, k, v = make_inputs("iid", seq, seed=1)
-            dense_times = {name: dense_ms(q, k, v, name, reps=scale_reps) for name in dense.split(",")}
+            dense_times, dense_clocks = {}, {}
+            for name in dense.split(","):
+                with clocks.measured() as window:
+                    dense_times[name] = dense_ms(q, k, v, name, reps=scale_reps)
+                dense_clocks[name] = window.clocks
             best_name = min(dense_times, key=dense_times.get)
             progress.advance(task)
             for family in families.split(","):
@@ -168,7 +175,8 @@ def main(
                     torch.cuda.empty_cache()
                     q, k, v = make_inputs(family, seq, seed=2)
                 layer_run = SparseLayer(library, patterns, q, k, v)
-                total = median_ms(layer_run, reps=2 * scale_reps + 1)
+                with clocks.measured() as window:
+                    total = median_ms(layer_run, reps=2 * scale_reps + 1)
                 compared_ms = [
                     median_ms(SparseLayer(other, patterns, q, k, v), reps=2 * scale_reps + 1) for other in others
                 ]
@@ -190,6 +198,8 @@ def main(
                         "index_ms": index_ms,
                         "workspace_mib": layer_run.workspace_bytes / 2**20,
                         "compared_ms": compared_ms,
+                        "clocks": str(window.clocks or "-"),
+                        "dense_clocks": str(dense_clocks[best_name] or "-"),
                     }
                 )
                 console.print(rows[-1])
@@ -197,6 +207,7 @@ def main(
                 progress.advance(task)
             del q, k, v
             torch.cuda.empty_cache()
+    clocks.close()
     table = render(rows, device, compare_library)
     console.print(table)
     if out:
@@ -214,8 +225,8 @@ def render(rows: list[dict], device: str, compare_library: list[Path]) -> str:
         f"Device: {device}. Dense: torch SDPA (cuDNN and flash backends; speedup against the faster), causal, GQA.",
         "",
         "| S | inputs | selected (of dense) | sparse ms | cuDNN ms | flash ms | speedup | TFLOP/s on tiles | index share "
-        f"| index ms | workspace MiB{compared} |",
-        "|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(compare_library),
+        f"| index ms | workspace MiB | sparse ran at | dense ran at{compared} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(compare_library),
     ]
     for r in rows:
         dense = r["dense"]
@@ -223,7 +234,8 @@ def render(rows: list[dict], device: str, compare_library: list[Path]) -> str:
             f"| {r['S'] // 1024}K | {r['family']} | {100 * r['fraction']:.1f}% | {r['sparse_ms']:.1f} | "
             f"{_ms(dense.get('cudnn'))} | {_ms(dense.get('flash'))} | "
             f"{r['speedup']:.1f}x | {r['tflops']:.0f} | {100 * r['index_share']:.1f}% | {r['index_ms']:.1f} | "
-            f"{r['workspace_mib']:.0f} |" + "".join(f" {ms:.1f} |" for ms in r["compared_ms"])
+            f"{r['workspace_mib']:.0f} | {r['clocks']} | {r['dense_clocks']} |"
+            + "".join(f" {ms:.1f} |" for ms in r["compared_ms"])
         )
     return "\n".join(lines) + "\n"
 
