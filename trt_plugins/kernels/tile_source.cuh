@@ -162,33 +162,39 @@ struct TileDesc {
 // The order a pair's tiles come in, each block's own tiles in its own order: first the chunks of both,
 // merged by first key so that a chunk both blocks hold is loaded once (block m + 1's lag c + 64 is block
 // m's lag c; dense and A-shape prefixes are shared outright), then the two blocks' gathered columns in turn,
-// so that on sm_90a neither block's consumer waits through the other's. Every thread holds the same cursor;
-// the next chunk's start is read one tile ahead.
+// so that on sm_90a neither block's consumer waits through the other's. Every thread holds the same cursor.
+// Each block's next kAhead chunk starts are read ahead into registers: a vertical-slash or block-sparse start
+// is a load from the workspace, and with one in flight per block a producer that has fallen behind its
+// consumers waits out an L2 round trip per tile (kAhead = 1 on sm_80, whose registers are spent).
+template <int kAhead = 1>
 struct PairSchedule {
-  int idx[2];
-  int head[2];  // start of each block's next chunk
-  int turn;     // the block whose column tile comes next
-  int columns_left;  // bit i: block i may still have column tiles
+  int idx[2];            // each block's next chunk to read ahead
+  int ahead[2][kAhead];  // starts of each block's next kAhead chunks, kNoChunk past the last
+  int turn;              // the block whose column tile comes next
+  int columns_left;      // bit i: block i may still have column tiles
 
   __device__ explicit PairSchedule(const PairSource& src) : turn(0), columns_left(3) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      idx[i] = 0;
-      head[i] = src.block[i].chunk_start(0);
+      idx[i] = kAhead;
+#pragma unroll
+      for (int j = 0; j < kAhead; ++j) ahead[i][j] = src.block[i].chunk_start(j);
     }
   }
 
   // Called by every thread of the group together (the column gather synchronises it).
   template <typename Group = CtaGroup>
   __device__ TileDesc next(PairSource& src, int64_t seq_len, int* keys, Group group = {}) {
-    if (head[0] != TileSource::kNoChunk || head[1] != TileSource::kNoChunk) {
-      const int start = min(head[0], head[1]);
+    if (ahead[0][0] != TileSource::kNoChunk || ahead[1][0] != TileSource::kNoChunk) {
+      const int start = min(ahead[0][0], ahead[1][0]);
       int uses = 0;
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        if (head[i] != start) continue;
+        if (ahead[i][0] != start) continue;
         uses |= (kUsesFirst << i) | (src.block[i].chunk_needs_mask(start, seq_len) ? kMaskFirst << i : 0);
-        head[i] = src.block[i].chunk_start(++idx[i]);
+#pragma unroll
+        for (int j = 0; j + 1 < kAhead; ++j) ahead[i][j] = ahead[i][j + 1];
+        ahead[i][kAhead - 1] = src.block[i].chunk_start(idx[i]++);
       }
       return {uses, start};
     }
