@@ -27,9 +27,13 @@ struct ProducerGroup {
 // TileSource in shared memory it cost the sm_90a producer a chain of shared loads per tile (v13's profile).
 struct ChunkWalk {
   int kind, n_chunks;
-  int start_m;                   // the block's first query (S <= 2^30)
-  int sink_blocks, first_local;  // a_shape: chunks are blocks [0, sink_blocks) then [first_local, m]
-  const int* chunk_list;         // block_sparse: the query block's key blocks; vertical_slash: lags
+  int start_m;  // the block's first query (S <= 2^30)
+  union {        // one or the other by kind: two registers fewer where registers are spent (sm_80)
+    struct {
+      int sink_blocks, first_local;  // chunks are blocks [0, sink_blocks) then [first_local, m]
+    } a_shape;
+    const int* chunk_list;  // block_sparse: the query block's key blocks; vertical_slash: lags
+  };
 
   // First key of chunk i, or kNoChunk past the last; chunk starts ascend. (Keys fit in int: S <= 2^30.)
   static constexpr int kNoChunk = INT32_MAX;
@@ -37,7 +41,8 @@ struct ChunkWalk {
     if (i >= n_chunks) return kNoChunk;
     switch (kind) {
       case MINFER_DENSE: return i * kBlock;
-      case MINFER_A_SHAPE: return (i < sink_blocks ? i : first_local + i - sink_blocks) * kBlock;
+      case MINFER_A_SHAPE:
+        return (i < a_shape.sink_blocks ? i : a_shape.first_local + i - a_shape.sink_blocks) * kBlock;
       case MINFER_BLOCK_SPARSE: return chunk_list[i] * kBlock;
       default: return start_m - chunk_list[i];
     }
@@ -75,9 +80,9 @@ struct TileSource {
     } else if (kind == MINFER_A_SHAPE) {
       const int sb = min(int((int64_t(hp.sink) + kBlock - 1) / kBlock), m + 1);
       const int fl = int(max(start_m - hp.local + 1, int64_t(0)) / kBlock);
-      walk.sink_blocks = fl <= sb ? m + 1 : sb;
-      walk.first_local = fl <= sb ? m + 1 : fl;
-      n_chunks = walk.sink_blocks + (m + 1 - walk.first_local);
+      walk.a_shape.sink_blocks = fl <= sb ? m + 1 : sb;
+      walk.a_shape.first_local = fl <= sb ? m + 1 : fl;
+      n_chunks = walk.a_shape.sink_blocks + (m + 1 - walk.a_shape.first_local);
     } else if (kind == MINFER_BLOCK_SPARSE) {
       const Layout& L = p.layout;
       walk.chunk_list = reinterpret_cast<const int*>(ws + L.blocks) +
