@@ -45,6 +45,9 @@ struct PairSmem {
 // computes it is done, and the producer fills the next stages meanwhile, so either block can run up to five
 // tiles ahead of the other.
 constexpr int kStages = 6;
+// Chunk starts the sm_90a producer reads ahead per block (PairSchedule), and so minfer_debug_tiles, which
+// must walk the same code.
+constexpr int kLagsAhead = 4;
 template <int D>
 struct PipeSmem {
   static constexpr int kK = 0;                                  // [kStages] tiles
@@ -228,7 +231,7 @@ __device__ __forceinline__ void produce(PairSource& source, char* smem, const Kv
   auto* full = reinterpret_cast<uint64_t*>(smem + S::kFull);
   auto* empty = reinterpret_cast<uint64_t*>(smem + S::kEmpty);
   const ProducerGroup group;
-  PairSchedule schedule(source);
+  PairSchedule<kLagsAhead> schedule(source);
   for (int stage = 0, phase = 0;;) {
     Barrier::wait(empty + stage, phase ^ 1);  // the first round passes at once
     int* stage_keys = keys + stage * kBlock;
@@ -352,7 +355,7 @@ __device__ __forceinline__ void attend_pair(const LaunchParams& p, const KvMaps&
   cp_async_commit();
   if (threadIdx.x == 0) source.init(p, ws, b, h, m0, m1);
   __syncthreads();
-  PairSchedule schedule(source);
+  PairSchedule<> schedule(source);
   TileDesc tile = schedule.next(source, seq, keys);  // the first block has at least its diagonal chunk
   load_kv<T, D>(k_tiles, v_tiles, k_head, v_head, tile, keys, seq);
   cp_async_commit();
@@ -416,7 +419,7 @@ __global__ void __launch_bounds__(kThreads) debug_tiles_kernel(const __grid_cons
   const int mine = m == m0 ? kUsesFirst : kUsesSecond;
   if (threadIdx.x == 0) source.init(p, ws, b, h, m0, m1);
   __syncthreads();
-  PairSchedule schedule(source);
+  PairSchedule<kLagsAhead> schedule(source);
   int count = 0;
   for (TileDesc tile; (tile = schedule.next(source, p.seq_len, keys)).uses != 0;) {
     if (!(tile.uses & mine)) continue;

@@ -23,14 +23,42 @@ struct ProducerGroup {
   __device__ void sync() const { asm volatile("bar.sync 1, %0;\n" ::"n"(kThreads) : "memory"); }
 };
 
+// What a query block's chunks are: PairSchedule copies it into every thread's registers, since read from the
+// TileSource in shared memory it cost the sm_90a producer a chain of shared loads per tile (v13's profile).
+struct ChunkWalk {
+  int kind, n_chunks;
+  int start_m;  // the block's first query (S <= 2^30)
+  union {        // one or the other by kind: two registers fewer where registers are spent (sm_80)
+    struct {
+      int sink_blocks, first_local;  // chunks are blocks [0, sink_blocks) then [first_local, m]
+    } a_shape;
+    const int* chunk_list;  // block_sparse: the query block's key blocks; vertical_slash: lags
+  };
+
+  // First key of chunk i, or kNoChunk past the last; chunk starts ascend. (Keys fit in int: S <= 2^30.)
+  static constexpr int kNoChunk = INT32_MAX;
+  __device__ int chunk_start(int i) const {
+    if (i >= n_chunks) return kNoChunk;
+    switch (kind) {
+      case MINFER_DENSE: return i * kBlock;
+      case MINFER_A_SHAPE:
+        return (i < a_shape.sink_blocks ? i : a_shape.first_local + i - a_shape.sink_blocks) * kBlock;
+      case MINFER_BLOCK_SPARSE: return chunk_list[i] * kBlock;
+      default: return start_m - chunk_list[i];
+    }
+  }
+
+  // Whether the chunk starting at `start` can hold a key this block must mask (the token rule).
+  __device__ bool chunk_needs_mask(int start, int seq_len) const {
+    return kind == MINFER_A_SHAPE || start < 0 || start + kBlock - 1 > start_m || start + kBlock - 1 >= seq_len;
+  }
+};
+
 // One query block's tiles. Lives in shared memory: thread 0 initialises it, then it is read-only except for
 // the column gather, which the whole CTA runs together (next_columns synchronises). Chunks are walked by a
 // PairSchedule in every thread's registers, so a chunk tile costs no barrier and no shared-memory keys.
 struct TileSource {
-  int kind, n_chunks;
-  int64_t start_m;
-  int sink_blocks, first_local;  // a_shape: chunks are blocks [0, sink_blocks) then [first_local, m]
-  const int* chunk_list;         // block_sparse: the query block's key blocks; vertical_slash: lags
+  ChunkWalk walk;
   const int* cols;               // vertical_slash: selected columns
   const uint32_t* held;          // vertical_slash: held bitmap
   int col_pos, col_end, pending_n;
@@ -40,8 +68,10 @@ struct TileSource {
   // thread 0 only; m < 0 gives a source without tiles (the missing second block of a pair)
   __device__ void init(const LaunchParams& p, const char* ws, int b, int h, int m) {
     const HeadParams& hp = p.heads[h];
+    int &kind = walk.kind, &n_chunks = walk.n_chunks;
+    const int64_t start_m = int64_t(m) * kBlock;
     kind = m < 0 ? MINFER_DENSE : hp.kind;
-    start_m = int64_t(m) * kBlock;
+    walk.start_m = int(start_m);
     col_pos = col_end = pending_n = 0;
     if (m < 0) {
       n_chunks = 0;
@@ -50,12 +80,12 @@ struct TileSource {
     } else if (kind == MINFER_A_SHAPE) {
       const int sb = min(int((int64_t(hp.sink) + kBlock - 1) / kBlock), m + 1);
       const int fl = int(max(start_m - hp.local + 1, int64_t(0)) / kBlock);
-      sink_blocks = fl <= sb ? m + 1 : sb;
-      first_local = fl <= sb ? m + 1 : fl;
-      n_chunks = sink_blocks + (m + 1 - first_local);
+      walk.a_shape.sink_blocks = fl <= sb ? m + 1 : sb;
+      walk.a_shape.first_local = fl <= sb ? m + 1 : fl;
+      n_chunks = walk.a_shape.sink_blocks + (m + 1 - walk.a_shape.first_local);
     } else if (kind == MINFER_BLOCK_SPARSE) {
       const Layout& L = p.layout;
-      chunk_list = reinterpret_cast<const int*>(ws + L.blocks) +
+      walk.chunk_list = reinterpret_cast<const int*>(ws + L.blocks) +
                    ((int64_t(b) * L.bs_heads + hp.slot) * p.num_blocks + m) * L.blocks_stride;
       n_chunks = min(hp.nv, m + 1);
     } else {
@@ -68,7 +98,7 @@ struct TileSource {
         const int mid = (lo + hi) / 2;
         if (lags[mid] >= start_m + kBlock) lo = mid + 1; else hi = mid;
       }
-      chunk_list = lags + lo;
+      walk.chunk_list = lags + lo;
       n_chunks = nlags - lo;
       cols = reinterpret_cast<const int*>(ws + L.columns) + head * L.columns_stride;
       held = reinterpret_cast<const uint32_t*>(ws + L.held) + head * L.held_words;
@@ -81,28 +111,11 @@ struct TileSource {
     }
   }
 
-  // First key of chunk i, or kNoChunk past the last; chunk starts ascend. (Keys fit in int: S <= 2^30.)
-  static constexpr int kNoChunk = INT32_MAX;
-  __device__ int chunk_start(int i) const {
-    if (i >= n_chunks) return kNoChunk;
-    switch (kind) {
-      case MINFER_DENSE: return i * kBlock;
-      case MINFER_A_SHAPE: return (i < sink_blocks ? i : first_local + i - sink_blocks) * kBlock;
-      case MINFER_BLOCK_SPARSE: return chunk_list[i] * kBlock;
-      default: return int(start_m) - chunk_list[i];
-    }
-  }
-
-  // Whether the chunk starting at `start` can hold a key this block must mask (the token rule).
-  __device__ bool chunk_needs_mask(int start, int64_t seq_len) const {
-    return kind == MINFER_A_SHAPE || start < 0 || start + kBlock - 1 > start_m || start + kBlock - 1 >= seq_len;
-  }
-
   // Writes the next 64 gathered columns that no chunk of this block holds to keys[] (-1 padded); false when
   // none are left. Column tiles always take the token mask. Run by a group of at least 64 threads together.
   template <typename Group>
   __device__ bool next_columns(int* keys, Group group) {
-    if (kind != MINFER_VERTICAL_SLASH) return false;
+    if (walk.kind != MINFER_VERTICAL_SLASH) return false;
     const int tid = group.tid();
     while (true) {
       const int pend = pending_n, pos = col_pos, end = col_end;
@@ -112,7 +125,7 @@ struct TileSource {
       bool keep = false;
       if (tid < kBlock && pos + tid < end) {
         v = cols[pos + tid];
-        const int64_t u = start_m - v + kBlock - 1;
+        const int u = walk.start_m - v + kBlock - 1;
         keep = !((held[u >> 5] >> (u & 31)) & 1u);
       }
       const unsigned ballot = __ballot_sync(0xffffffffu, keep);
@@ -162,33 +175,41 @@ struct TileDesc {
 // The order a pair's tiles come in, each block's own tiles in its own order: first the chunks of both,
 // merged by first key so that a chunk both blocks hold is loaded once (block m + 1's lag c + 64 is block
 // m's lag c; dense and A-shape prefixes are shared outright), then the two blocks' gathered columns in turn,
-// so that on sm_90a neither block's consumer waits through the other's. Every thread holds the same cursor;
-// the next chunk's start is read one tile ahead.
+// so that on sm_90a neither block's consumer waits through the other's. Every thread holds the same cursor.
+// Each block's next kAhead chunk starts are read ahead into registers: a vertical-slash or block-sparse start
+// is a load from the workspace, and with one in flight per block a producer that has fallen behind its
+// consumers waits out an L2 round trip per tile (kAhead = 1 on sm_80, whose registers are spent).
+template <int kAhead = 1>
 struct PairSchedule {
-  int idx[2];
-  int head[2];  // start of each block's next chunk
-  int turn;     // the block whose column tile comes next
-  int columns_left;  // bit i: block i may still have column tiles
+  ChunkWalk walk[2];     // each block's chunks, in registers
+  int idx[2];            // each block's next chunk to read ahead
+  int ahead[2][kAhead];  // starts of each block's next kAhead chunks, kNoChunk past the last
+  int turn;              // the block whose column tile comes next
+  int columns_left;      // bit i: block i may still have column tiles
 
   __device__ explicit PairSchedule(const PairSource& src) : turn(0), columns_left(3) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      idx[i] = 0;
-      head[i] = src.block[i].chunk_start(0);
+      walk[i] = src.block[i].walk;
+      idx[i] = kAhead;
+#pragma unroll
+      for (int j = 0; j < kAhead; ++j) ahead[i][j] = walk[i].chunk_start(j);
     }
   }
 
   // Called by every thread of the group together (the column gather synchronises it).
   template <typename Group = CtaGroup>
   __device__ TileDesc next(PairSource& src, int64_t seq_len, int* keys, Group group = {}) {
-    if (head[0] != TileSource::kNoChunk || head[1] != TileSource::kNoChunk) {
-      const int start = min(head[0], head[1]);
+    if (ahead[0][0] != ChunkWalk::kNoChunk || ahead[1][0] != ChunkWalk::kNoChunk) {
+      const int start = min(ahead[0][0], ahead[1][0]);
       int uses = 0;
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        if (head[i] != start) continue;
-        uses |= (kUsesFirst << i) | (src.block[i].chunk_needs_mask(start, seq_len) ? kMaskFirst << i : 0);
-        head[i] = src.block[i].chunk_start(++idx[i]);
+        if (ahead[i][0] != start) continue;
+        uses |= (kUsesFirst << i) | (walk[i].chunk_needs_mask(start, int(seq_len)) ? kMaskFirst << i : 0);
+#pragma unroll
+        for (int j = 0; j + 1 < kAhead; ++j) ahead[i][j] = ahead[i][j + 1];
+        ahead[i][kAhead - 1] = walk[i].chunk_start(idx[i]++);
       }
       return {uses, start};
     }
