@@ -3,7 +3,8 @@
 # sizes, the kernel benchmark, the pattern-search timing and the end-to-end pre-fill benchmark.
 # Stages (comma-separated): all (= build,test,sanitize,bench), build, test, sanitize, bench, search, e2e,
 # profile (ncu), variants (other builds from bench/build_variants.sh: the GPU kernel tests on each, then one
-# benchmark of the tree beside those that passed). Logs go to $OUT. BENCH_ARGS, E2E_ARGS and PYTEST_ARGS pass options on.
+# benchmark of the tree beside those that passed), wgmma (bench/wgmma_rate.cu: the consumer's tensor rate
+# alone). Logs go to $OUT. BENCH_ARGS, E2E_ARGS and PYTEST_ARGS pass options on.
 # Example (device tool, with carry [".whl", ".carry"]): bash bench/device.sh build,test,search,e2e
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ if [[ -n $wheels ]]; then  # what the GPU image lacks (../shared/gpu/README.md):
     && export PYTHONPATH=$PYTHONPATH:/tmp/minfer-site
 fi
 stages=${1:-all}
-has() { [[ ($stages == all && $1 != profile && $1 != variants) || ,$stages, == *,$1,* ]]; }
+has() { [[ ($stages == all && $1 != profile && $1 != variants && $1 != wgmma) || ,$stages, == *,$1,* ]]; }
 status=0
 
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
@@ -68,6 +69,10 @@ if has variants; then
     if [[ $rc == 0 ]]; then compare+=(--compare-library "$lib"); else status=1; fi
   done
   python bench/bench_kernels.py ${BENCH_ARGS:-} "${compare[@]}" --out "$OUT/variants.md" 2>&1 | tee "$OUT/variants.log" | grep "^|"
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
+if has wgmma; then  # 64- against 128-key tiles, one or two consumers, with and without the softmax
+  build/wgmma_rate | tee "$OUT/wgmma_rate.md"
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 if has search; then  # issue 5: one 8B-shaped layer at 128K

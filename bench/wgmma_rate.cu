@@ -1,0 +1,172 @@
+// The tensor-core rate of the sm_90a consumer's per-tile schedule with nothing else on the SM: no loads, no
+// producer, no stages. Each consumer warpgroup repeats Q K^T (RS wgmma, K-major K tile in shared memory),
+// wait, [row maxima and exponentials of its logits], packing of P, P V (RS wgmma, MN-major V tile), wait,
+// over one tile of KEYS keys at head_dim 128, bf16. It answers what docs/kernels.md leaves open: does a
+// 128-key tile (Q K^T as m64n128k16) raise the rate over v14's 64-key tile (m64n64k16), with one or two
+// consumers per SM, with and without the softmax? The rate is reported per SM cycle (the CTAs' own clock64),
+// so the power cap's clock does not blur the comparison, and as TFLOP/s at the clock the run had.
+// Build and run (sm_90a only): cmake --build build --target wgmma_rate && build/wgmma_rate
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "wgmma.cuh"
+
+namespace {
+
+using namespace minfer;
+using T = __nv_bfloat16;
+constexpr int kD = 128;
+
+// K-major K (and MN-major V) tile of KEYS rows: two 64-column blocks of KEYS rows x 128 bytes, 128-byte swizzle.
+template <int KEYS>
+struct RateTile {
+  static constexpr int kColumnBlockBytes = KEYS * 128;
+  static constexpr int kBytes = 2 * kColumnBlockBytes;
+};
+
+template <int N>
+using QkOp = wgmma::RsOp<T, N, wgmma::Major::K>;
+using PvOp = wgmma::RsOp<T, kD, wgmma::Major::MN>;
+
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm volatile("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <int KEYS, bool kSoftmax>
+__global__ void __launch_bounds__(256, 1) consumer_rate(int iterations, long long* cycles, float* sink) {
+#if MINFER_WGMMA
+  extern __shared__ __align__(1024) uint8_t smem[];
+  constexpr int kLogits = KEYS / 2;  // accumulator floats per thread of an m64 x KEYS product
+  const uint32_t k_tile = smem_addr(smem), v_tile = k_tile + RateTile<KEYS>::kBytes;
+  // bf16 values in [-1, 1): the power the tensor cores draw depends on the data, and the cap sets the clock
+  for (int i = threadIdx.x; i < 2 * RateTile<KEYS>::kBytes / 2; i += blockDim.x)
+    reinterpret_cast<T*>(smem)[i] = __float2bfloat16(float((i * 2654435761u) >> 16) / 32768.0f - 1.0f);
+  wgmma::fence_async_shared();
+  __syncthreads();
+
+  uint32_t qa[kD / 16][4];
+  for (int kk = 0; kk < kD / 16; ++kk)
+    for (int r = 0; r < 4; ++r) qa[kk][r] = MmaType<T>::pack(0.01f * (threadIdx.x + kk), 0.02f * r);
+  float s[kLogits], o[kD / 2] = {};
+  uint32_t pa[KEYS / 16][4];
+  const uint64_t k_desc = wgmma::descriptor(k_tile, 16, 1024);
+  const uint64_t v_desc = wgmma::descriptor(v_tile, RateTile<KEYS>::kColumnBlockBytes, 1024);
+  float row_max = -INFINITY, row_sum = 0.f;
+
+  const long long start = clock64();
+  for (int it = 0; it < iterations; ++it) {
+    cute::warpgroup_arrive();
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {  // columns 16kk.. of K: as wgmma::k_major, for KEYS-row blocks
+      const uint32_t offset = (kk >> 2) * RateTile<KEYS>::kColumnBlockBytes + (kk & 3) * 32;
+      const auto scale = kk == 0 ? wgmma::ScaleOut::Zero : wgmma::ScaleOut::One;
+      wgmma::rs<QkOp<KEYS>>(qa[kk], wgmma::advance(k_desc, offset), s, scale, std::make_index_sequence<kLogits>{});
+    }
+    cute::warpgroup_commit_batch();
+    wgmma::wait<0>(s);
+    if constexpr (kSoftmax) {  // the consumer's softmax without the mask: maxima, exponentials, sums
+      float m = row_max;
+#pragma unroll
+      for (int i = 0; i < kLogits; ++i) m = fmaxf(m, s[i]);
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+      const float rescale = ex2(row_max - m);
+      row_max = m;
+#pragma unroll
+      for (int i = 0; i < kLogits; ++i) {
+        s[i] = ex2(s[i] - m);
+        row_sum += s[i];
+      }
+      row_sum *= rescale;
+    }
+#pragma unroll
+    for (int kk = 0; kk < KEYS / 16; ++kk)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) pa[kk][r] = MmaType<T>::pack(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+    wgmma::fence(o);
+    cute::warpgroup_arrive();
+#pragma unroll
+    for (int kk = 0; kk < KEYS / 16; ++kk)
+      wgmma::rs<PvOp>(pa[kk], wgmma::advance(v_desc, kk * 16 * 128), o, wgmma::ScaleOut::One,
+                      std::make_index_sequence<kD / 2>{});
+    cute::warpgroup_commit_batch();
+    wgmma::wait<0>(o);
+  }
+  const long long elapsed = clock64() - start;
+  float total = row_sum;
+  for (int i = 0; i < kD / 2; ++i) total += o[i];
+  if (total == 1234.5f) sink[threadIdx.x] = total;  // keeps the products alive
+  if (threadIdx.x == 0) cycles[blockIdx.x] = elapsed;
+#endif
+}
+
+struct Result {
+  double flops_per_sm_cycle, tflops, mhz;
+};
+
+template <int KEYS, bool kSoftmax>
+Result run(int sms, int warpgroups, int iterations) {
+  const int smem = 2 * RateTile<KEYS>::kBytes;
+  auto kernel = consumer_rate<KEYS, kSoftmax>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  long long* cycles;
+  float* sink;
+  cudaMalloc(&cycles, sms * sizeof(long long));
+  cudaMalloc(&sink, 256 * sizeof(float));
+  kernel<<<sms, 128 * warpgroups, smem>>>(iterations / 10, cycles, sink);  // warm-up
+  cudaEvent_t begin, end;
+  cudaEventCreate(&begin);
+  cudaEventCreate(&end);
+  cudaEventRecord(begin);
+  kernel<<<sms, 128 * warpgroups, smem>>>(iterations, cycles, sink);
+  cudaEventRecord(end);
+  cudaEventSynchronize(end);
+  if (cudaGetLastError() != cudaSuccess) {
+    std::fprintf(stderr, "launch failed: %s\n", cudaGetErrorString(cudaGetLastError()));
+    std::exit(1);
+  }
+  float ms = 0.f;
+  cudaEventElapsedTime(&ms, begin, end);
+  std::vector<long long> host(sms);
+  cudaMemcpy(host.data(), cycles, sms * sizeof(long long), cudaMemcpyDeviceToHost);
+  long long longest = 0;
+  for (long long c : host) longest = c > longest ? c : longest;
+  cudaFree(cycles);
+  cudaFree(sink);
+  const double flops_per_cta = 4.0 * 64 * KEYS * kD * warpgroups * double(iterations);  // Q K^T and P V
+  return {flops_per_cta / double(longest), flops_per_cta * sms / (ms * 1e-3) / 1e12, double(longest) / (ms * 1e3)};
+}
+
+template <int KEYS, bool kSoftmax>
+void report(int sms, int warpgroups, int iterations) {
+  const Result r = run<KEYS, kSoftmax>(sms, warpgroups, iterations);
+  std::printf("| %d keys (Q K^T m64n%dk16) | %s | %d | %.0f | %.0f | %.0f |\n", KEYS, KEYS,
+              kSoftmax ? "yes" : "no", warpgroups, r.flops_per_sm_cycle, r.tflops, r.mhz);
+}
+
+}  // namespace
+
+int main() {
+  cudaDeviceProp prop;
+  cudaGetDeviceProperties(&prop, 0);
+  if (prop.major != 9) {
+    std::fprintf(stderr, "wgmma_rate needs an sm_90a GPU (found %s, sm_%d%d)\n", prop.name, prop.major, prop.minor);
+    return 1;
+  }
+  const int sms = prop.multiProcessorCount, iterations = 20000;
+  std::printf("%s, %d SMs, %d tiles per consumer\n\n", prop.name, sms, iterations);
+  std::printf("| tile | softmax | consumers per SM | FLOP per SM cycle | TFLOP/s | mean MHz (clock64 / time) |\n");
+  std::printf("|---|---|---|---|---|---|\n");
+  for (int warpgroups = 1; warpgroups <= 2; ++warpgroups) {
+    report<64, false>(sms, warpgroups, iterations);
+    report<128, false>(sms, warpgroups, iterations);
+    report<64, true>(sms, warpgroups, iterations);
+    report<128, true>(sms, warpgroups, iterations);
+  }
+  return 0;
+}
