@@ -177,9 +177,11 @@ def main(
                 layer_run = SparseLayer(library, patterns, q, k, v)
                 with clocks.measured() as window:
                     total = median_ms(layer_run, reps=2 * scale_reps + 1)
-                compared_ms = [
-                    median_ms(SparseLayer(other, patterns, q, k, v), reps=2 * scale_reps + 1) for other in others
-                ]
+                compared_ms, compared_mhz = [], []
+                for other in others:
+                    with clocks.measured() as other_window:
+                        compared_ms.append(median_ms(SparseLayer(other, patterns, q, k, v), reps=2 * scale_reps + 1))
+                    compared_mhz.append(other_window.clocks.sm_mhz if other_window.clocks else None)
                 index_ms, attention_ms = layer_run.kernel_ms()
                 tiles = layer_run.tiles()
                 flops = tiles * 4 * 64 * 64 * D
@@ -198,6 +200,7 @@ def main(
                         "index_ms": index_ms,
                         "workspace_mib": layer_run.workspace_bytes / 2**20,
                         "compared_ms": compared_ms,
+                        "compared_mhz": compared_mhz,
                         "clocks": str(window.clocks or "-"),
                         "dense_clocks": str(dense_clocks[best_name] or "-"),
                     }
@@ -219,6 +222,11 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def _at(mhz: float | None) -> str:
+    """The SM clock a compared build ran at, so that a build is not read as slower for a lower clock alone."""
+    return "" if mhz is None else f" ({mhz:.0f} MHz)"
+
+
 def render(rows: list[dict], device: str, compare_library: list[Path]) -> str:
     compared = "".join(f" | {path} ms" for path in compare_library)
     lines = [
@@ -235,7 +243,7 @@ def render(rows: list[dict], device: str, compare_library: list[Path]) -> str:
             f"{_ms(dense.get('cudnn'))} | {_ms(dense.get('flash'))} | "
             f"{r['speedup']:.1f}x | {r['tflops']:.0f} | {100 * r['index_share']:.1f}% | {r['index_ms']:.1f} | "
             f"{r['workspace_mib']:.0f} | {r['clocks']} | {r['dense_clocks']} |"
-            + "".join(f" {ms:.1f} |" for ms in r["compared_ms"])
+            + "".join(f" {ms:.1f}{_at(mhz)} |" for ms, mhz in zip(r["compared_ms"], r["compared_mhz"], strict=True))
         )
     return "\n".join(lines) + "\n"
 
