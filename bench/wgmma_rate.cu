@@ -20,16 +20,10 @@ using namespace minfer;
 using T = __nv_bfloat16;
 constexpr int kD = 128;
 
-// K-major K (and MN-major V) tile of KEYS rows: two 64-column blocks of KEYS rows x 128 bytes, 128-byte swizzle.
+// Bytes of a K (or V) tile of KEYS rows: two 64-column blocks of KEYS rows x 128 bytes, as wgmma::qk_issue and
+// pv_issue read KEYS-row tiles.
 template <int KEYS>
-struct RateTile {
-  static constexpr int kColumnBlockBytes = KEYS * 128;
-  static constexpr int kBytes = 2 * kColumnBlockBytes;
-};
-
-template <int N>
-using QkOp = wgmma::RsOp<T, N, wgmma::Major::K>;
-using PvOp = wgmma::RsOp<T, kD, wgmma::Major::MN>;
+constexpr int kTileBytes = 2 * KEYS * 128;
 
 __device__ __forceinline__ float ex2(float x) {
   float y;
@@ -42,9 +36,9 @@ __global__ void __launch_bounds__(256, 1) consumer_rate(int iterations, long lon
 #if MINFER_WGMMA
   extern __shared__ __align__(1024) uint8_t smem[];
   constexpr int kLogits = KEYS / 2;  // accumulator floats per thread of an m64 x KEYS product
-  const uint32_t k_tile = smem_addr(smem), v_tile = k_tile + RateTile<KEYS>::kBytes;
+  const uint32_t k_tile = smem_addr(smem), v_tile = k_tile + kTileBytes<KEYS>;
   // bf16 values in [-1, 1): the power the tensor cores draw depends on the data, and the cap sets the clock
-  for (int i = threadIdx.x; i < 2 * RateTile<KEYS>::kBytes / 2; i += blockDim.x)
+  for (int i = threadIdx.x; i < 2 * kTileBytes<KEYS> / int(sizeof(T)); i += blockDim.x)
     reinterpret_cast<T*>(smem)[i] = __float2bfloat16(float((i * 2654435761u) >> 16) / 32768.0f - 1.0f);
   wgmma::fence_async_shared();
   __syncthreads();
@@ -54,20 +48,11 @@ __global__ void __launch_bounds__(256, 1) consumer_rate(int iterations, long lon
     for (int r = 0; r < 4; ++r) qa[kk][r] = MmaType<T>::pack(0.01f * (threadIdx.x + kk), 0.02f * r);
   float s[kLogits], o[kD / 2] = {};
   uint32_t pa[KEYS / 16][4];
-  const uint64_t k_desc = wgmma::descriptor(k_tile, 16, 1024);
-  const uint64_t v_desc = wgmma::descriptor(v_tile, RateTile<KEYS>::kColumnBlockBytes, 1024);
   float row_max = -INFINITY, row_sum = 0.f;
 
   const long long start = clock64();
   for (int it = 0; it < iterations; ++it) {
-    cute::warpgroup_arrive();
-#pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {  // columns 16kk.. of K: as wgmma::k_major, for KEYS-row blocks
-      const uint32_t offset = (kk >> 2) * RateTile<KEYS>::kColumnBlockBytes + (kk & 3) * 32;
-      const auto scale = kk == 0 ? wgmma::ScaleOut::Zero : wgmma::ScaleOut::One;
-      wgmma::rs<QkOp<KEYS>>(qa[kk], wgmma::advance(k_desc, offset), s, scale, std::make_index_sequence<kLogits>{});
-    }
-    cute::warpgroup_commit_batch();
+    wgmma::qk_issue<T, kD, KEYS>(s, qa, k_tile);
     wgmma::wait<0>(s);
     if constexpr (kSoftmax) {  // the consumer's softmax without the mask: maxima, exponentials, sums
       float m = row_max;
@@ -88,13 +73,7 @@ __global__ void __launch_bounds__(256, 1) consumer_rate(int iterations, long lon
     for (int kk = 0; kk < KEYS / 16; ++kk)
 #pragma unroll
       for (int r = 0; r < 4; ++r) pa[kk][r] = MmaType<T>::pack(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
-    wgmma::fence(o);
-    cute::warpgroup_arrive();
-#pragma unroll
-    for (int kk = 0; kk < KEYS / 16; ++kk)
-      wgmma::rs<PvOp>(pa[kk], wgmma::advance(v_desc, kk * 16 * 128), o, wgmma::ScaleOut::One,
-                      std::make_index_sequence<kD / 2>{});
-    cute::warpgroup_commit_batch();
+    wgmma::pv_issue<T, kD, KEYS>(o, pa, v_tile);
     wgmma::wait<0>(o);
   }
   const long long elapsed = clock64() - start;
@@ -111,7 +90,7 @@ struct Result {
 
 template <int KEYS, bool kSoftmax>
 Result run(int sms, int warpgroups, int iterations) {
-  const int smem = 2 * RateTile<KEYS>::kBytes;
+  const int smem = 2 * kTileBytes<KEYS>;
   auto kernel = consumer_rate<KEYS, kSoftmax>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   long long* cycles;

@@ -33,7 +33,8 @@ using RsOp = decltype(cute::SM90::GMMA::rs_op_selector<CuteElement<T>, CuteEleme
 
 template <typename T>
 struct Ops {
-  using QK = RsOp<T, 64, Major::K>;
+  template <int KEYS>
+  using QK = RsOp<T, KEYS, Major::K>;
   template <int D>
   using PV = RsOp<T, D, Major::MN>;
 };
@@ -56,22 +57,20 @@ __host__ __device__ __forceinline__ uint64_t descriptor(uint32_t addr, uint32_t 
 __host__ __device__ __forceinline__ uint64_t advance(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
 
 // Columns 16kk..16kk+15 of a Tile as a K-major operand (Q as A, K as B of Q K^T): 8-row groups 1 KB apart,
-// the k-step 32 bytes into its 128-byte row (the leading offset is unused under the swizzle).
-template <int D>
+// the k-step 32 bytes into its 128-byte row (the leading offset is unused under the swizzle), its 64-column
+// block kColumnBytes on (a Tile's kColumnBlockBytes; more where a block holds more than 64 rows).
+template <int kColumnBytes>
 __device__ __forceinline__ uint64_t k_major(uint64_t tile_desc, int kk) {
-  return advance(tile_desc, (kk >> 2) * Tile<D>::kColumnBlockBytes + (kk & 3) * 32);
+  return advance(tile_desc, (kk >> 2) * kColumnBytes + (kk & 3) * 32);
 }
 __device__ __forceinline__ uint64_t k_major_tile(uint32_t tile) { return descriptor(tile, 16, 1024); }
 
-// Rows 16kk..16kk+15 of a V Tile as the MN-major B operand of P V: 64-column blocks (along N = D) 8 KB
-// apart, 8-row groups (along K = keys) 1 KB apart.
-template <int D>
-__device__ __forceinline__ uint64_t mn_major(uint64_t tile_desc, int kk) {
-  return advance(tile_desc, kk * 16 * 128);
-}
-template <int D>
+// Rows 16kk..16kk+15 of a V Tile as the MN-major B operand of P V: 64-column blocks (along N = D)
+// kColumnBytes apart (8 KB in a Tile), 8-row groups (along K = keys) 1 KB apart.
+__device__ __forceinline__ uint64_t mn_major(uint64_t tile_desc, int kk) { return advance(tile_desc, kk * 16 * 128); }
+template <int kColumnBytes>
 __device__ __forceinline__ uint64_t mn_major_tile(uint32_t tile) {
-  return descriptor(tile, Tile<D>::kColumnBlockBytes, 1024);
+  return descriptor(tile, kColumnBytes, 1024);
 }
 
 // Keeps the compiler from moving accumulator reads and writes across the asynchronous products.
@@ -90,30 +89,32 @@ __device__ __forceinline__ void rs(const uint32_t (&a)[4], uint64_t b, float (&d
 // Shared memory that cp.async (the generic proxy) wrote is read next by wgmma (the async proxy).
 __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// Starts s = the warp's query rows (mma A fragments in registers, loaded once per CTA) times the 64 keys of
+// Starts s = the warp's query rows (mma A fragments in registers, loaded once per CTA) times the KEYS keys of
 // the K tile (s as qk_tile's), as one wgmma group; s is read only after wait(). Q from registers halves the
-// shared-memory reads of Q K^T, which at m64n64k16 would otherwise take all of the SM's shared bandwidth.
-template <typename T, int D>
-__device__ __forceinline__ void qk_issue(float (&s)[32], const uint32_t (&qa)[D / 16][4], uint32_t k_tile) {
+// shared-memory reads of Q K^T, which at m64n64k16 would otherwise take all of the SM's shared bandwidth. A
+// 64-row Tile by default; bench/wgmma_rate.cu also runs 128-row tiles (column blocks of KEYS x 128 bytes).
+template <typename T, int D, int KEYS = 64, int kColumnBytes = KEYS * 128>
+__device__ __forceinline__ void qk_issue(float (&s)[KEYS / 2], const uint32_t (&qa)[D / 16][4], uint32_t k_tile) {
   const uint64_t k_desc = k_major_tile(k_tile);
   cute::warpgroup_arrive();
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk)
-    rs<typename Ops<T>::QK>(qa[kk], k_major<D>(k_desc, kk), s, kk == 0 ? ScaleOut::Zero : ScaleOut::One,
-                            std::make_index_sequence<32>{});
+    rs<typename Ops<T>::template QK<KEYS>>(qa[kk], k_major<kColumnBytes>(k_desc, kk), s,
+                                           kk == 0 ? ScaleOut::Zero : ScaleOut::One,
+                                           std::make_index_sequence<KEYS / 2>{});
   cute::warpgroup_commit_batch();
 }
 
-// Starts o += P V, P (packed by p_fragment) from registers, V from its shared-memory tile (o as pv_tile's), as
-// one wgmma group; neither o nor p may be touched again before wait().
-template <typename T, int D>
-__device__ __forceinline__ void pv_issue(float (&o)[D / 2], const uint32_t (&pa)[4][4], uint32_t v_tile) {
-  const uint64_t v_desc = mn_major_tile<D>(v_tile);
+// Starts o += P V over the KEYS keys of the V tile, P (packed by p_fragment) from registers, V from shared memory
+// (o as pv_tile's), as one wgmma group; neither o nor p may be touched again before wait().
+template <typename T, int D, int KEYS = 64, int kColumnBytes = KEYS * 128>
+__device__ __forceinline__ void pv_issue(float (&o)[D / 2], const uint32_t (&pa)[KEYS / 16][4], uint32_t v_tile) {
+  const uint64_t v_desc = mn_major_tile<kColumnBytes>(v_tile);
   fence(o);
   cute::warpgroup_arrive();
 #pragma unroll
-  for (int kk = 0; kk < 4; ++kk)
-    rs<typename Ops<T>::template PV<D>>(pa[kk], mn_major<D>(v_desc, kk), o, ScaleOut::One,
+  for (int kk = 0; kk < KEYS / 16; ++kk)
+    rs<typename Ops<T>::template PV<D>>(pa[kk], mn_major(v_desc, kk), o, ScaleOut::One,
                                         std::make_index_sequence<D / 2>{});
   cute::warpgroup_commit_batch();
 }
