@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One command on the GPU machine: build the native code, run every GPU test, compute-sanitizer at small
 # sizes, the kernel benchmark, the pattern-search timing and the end-to-end pre-fill benchmark.
-# Stages (comma-separated): all (= build,test,sanitize,bench), build, test, sanitize, bench, search, e2e,
-# profile (ncu), variants (other builds from bench/build_variants.sh: the GPU kernel tests on each, then one
-# benchmark of the tree beside those that passed), wgmma (bench/wgmma_rate.cu: the consumer's tensor rate
-# alone). Logs go to $OUT. BENCH_ARGS, E2E_ARGS and PYTEST_ARGS pass options on.
+# Stages (comma-separated): all (every stage but the optional ones below), build, test, sanitize, bench, search,
+# e2e, and the optional profile (ncu), variants (other builds from bench/build_variants.sh: the GPU kernel
+# tests on each, then one benchmark of the tree beside those that passed) and wgmma (bench/wgmma_rate.cu: the
+# consumer's tensor rate alone). Logs go to $OUT. BENCH_ARGS, E2E_ARGS and PYTEST_ARGS pass options on.
 # Example (device tool, with carry [".whl", ".carry"]): bash bench/device.sh build,test,search,e2e
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,8 @@ if [[ -n $wheels ]]; then  # what the GPU image lacks (../shared/gpu/README.md):
     && export PYTHONPATH=$PYTHONPATH:/tmp/minfer-site
 fi
 stages=${1:-all}
-has() { [[ ($stages == all && $1 != profile && $1 != variants && $1 != wgmma) || ,$stages, == *,$1,* ]]; }
+optional=",profile,variants,wgmma,"  # stages `all` leaves out
+has() { [[ ($stages == all && $optional != *,$1,*) || ,$stages, == *,$1,* ]]; }
 status=0
 
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
