@@ -25,13 +25,27 @@ constexpr int kD = 128;
 template <int KEYS>
 constexpr int kTileBytes = 2 * KEYS * 128;
 
+// How the two consumers of an SM take turns on the tensor cores: not at all (v14), FlashAttention-3's ping-pong
+// on Q K^T alone (the other consumer issues its Q K^T once this one's has finished: next/v14-pingpong), or on
+// bursts of one tile's P V and the next tile's Q K^T (FA3's order, which needs Q K^T issued before P V's wait).
+enum class Turns { kFree, kQk, kBurst };
+constexpr const char* kTurnsName[] = {"free", "ping-pong on Q K^T", "ping-pong on P V + next Q K^T"};
+
+// Named barriers 2 and 3 as the kernel's PipeTurns: warpgroup w waits on 2 + w, passes to 3 - w.
+__device__ __forceinline__ void turn_wait(int w) {
+  asm volatile("bar.sync %0, 256;\n" ::"r"(2 + w) : "memory");
+}
+__device__ __forceinline__ void turn_pass(int w) {
+  asm volatile("bar.arrive %0, 256;\n" ::"r"(3 - w) : "memory");
+}
+
 __device__ __forceinline__ float ex2(float x) {
   float y;
   asm volatile("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
 }
 
-template <int KEYS, bool kSoftmax>
+template <int KEYS, bool kSoftmax, Turns kTurns>
 __global__ void __launch_bounds__(256, 1) consumer_rate(int iterations, long long* cycles, float* sink) {
 #if MINFER_WGMMA
   extern __shared__ __align__(1024) uint8_t smem[];
@@ -50,10 +64,25 @@ __global__ void __launch_bounds__(256, 1) consumer_rate(int iterations, long lon
   uint32_t pa[KEYS / 16][4];
   float row_max = -INFINITY, row_sum = 0.f;
 
+  // turns: warpgroup 0 waits before each of its turns but the first and once after its last, warpgroup 1
+  // before each, so every pass meets one wait
+  const int w = threadIdx.x / 128;
   const long long start = clock64();
-  for (int it = 0; it < iterations; ++it) {
+  if constexpr (kTurns == Turns::kBurst) {  // the first tile's Q K^T is a turn of its own
+    if (w == 1) turn_wait(w);
     wgmma::qk_issue<T, kD, KEYS>(s, qa, k_tile);
     wgmma::wait<0>(s);
+    turn_pass(w);
+  }
+  for (int it = 0; it < iterations; ++it) {
+    if constexpr (kTurns == Turns::kQk) {
+      if (w == 1 || it > 0) turn_wait(w);
+    }
+    if constexpr (kTurns != Turns::kBurst) {
+      wgmma::qk_issue<T, kD, KEYS>(s, qa, k_tile);
+      wgmma::wait<0>(s);
+    }
+    if constexpr (kTurns == Turns::kQk) turn_pass(w);
     if constexpr (kSoftmax) {  // the consumer's softmax without the mask: maxima, exponentials, sums
       float m = row_max;
 #pragma unroll
@@ -73,9 +102,19 @@ __global__ void __launch_bounds__(256, 1) consumer_rate(int iterations, long lon
     for (int kk = 0; kk < KEYS / 16; ++kk)
 #pragma unroll
       for (int r = 0; r < 4; ++r) pa[kk][r] = MmaType<T>::pack(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
-    wgmma::pv_issue<T, kD, KEYS>(o, pa, v_tile);
-    wgmma::wait<0>(o);
+    if constexpr (kTurns == Turns::kBurst) {  // this tile's P V and the next one's Q K^T in one turn
+      turn_wait(w);
+      wgmma::pv_issue<T, kD, KEYS>(o, pa, v_tile);
+      wgmma::qk_issue<T, kD, KEYS>(s, qa, k_tile);
+      wgmma::wait<0>(o);
+      wgmma::wait<0>(s);
+      turn_pass(w);
+    } else {
+      wgmma::pv_issue<T, kD, KEYS>(o, pa, v_tile);
+      wgmma::wait<0>(o);
+    }
   }
+  if (kTurns != Turns::kFree && w == 0) turn_wait(w);  // warpgroup 1's last pass
   const long long elapsed = clock64() - start;
   float total = row_sum;
   for (int i = 0; i < kD / 2; ++i) total += o[i];
@@ -88,10 +127,10 @@ struct Result {
   double flops_per_sm_cycle, tflops, mhz;
 };
 
-template <int KEYS, bool kSoftmax>
+template <int KEYS, bool kSoftmax, Turns kTurns>
 Result run(int sms, int warpgroups, int iterations) {
   const int smem = 2 * kTileBytes<KEYS>;
-  auto kernel = consumer_rate<KEYS, kSoftmax>;
+  auto kernel = consumer_rate<KEYS, kSoftmax, kTurns>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   long long* cycles;
   float* sink;
@@ -121,11 +160,11 @@ Result run(int sms, int warpgroups, int iterations) {
   return {flops_per_cta / double(longest), flops_per_cta * sms / (ms * 1e-3) / 1e12, double(longest) / (ms * 1e3)};
 }
 
-template <int KEYS, bool kSoftmax>
+template <int KEYS, bool kSoftmax, Turns kTurns = Turns::kFree>
 void report(int sms, int warpgroups, int iterations) {
-  const Result r = run<KEYS, kSoftmax>(sms, warpgroups, iterations);
-  std::printf("| %d keys (Q K^T m64n%dk16) | %s | %d | %.0f | %.0f | %.0f |\n", KEYS, KEYS,
-              kSoftmax ? "yes" : "no", warpgroups, r.flops_per_sm_cycle, r.tflops, r.mhz);
+  const Result r = run<KEYS, kSoftmax, kTurns>(sms, warpgroups, iterations);
+  std::printf("| %d keys (Q K^T m64n%dk16) | %s | %d | %s | %.0f | %.0f | %.0f |\n", KEYS, KEYS,
+              kSoftmax ? "yes" : "no", warpgroups, kTurnsName[int(kTurns)], r.flops_per_sm_cycle, r.tflops, r.mhz);
 }
 
 }  // namespace
@@ -139,13 +178,17 @@ int main() {
   }
   const int sms = prop.multiProcessorCount, iterations = 20000;
   std::printf("%s, %d SMs, %d tiles per consumer\n\n", prop.name, sms, iterations);
-  std::printf("| tile | softmax | consumers per SM | FLOP per SM cycle | TFLOP/s | mean MHz (clock64 / time) |\n");
-  std::printf("|---|---|---|---|---|---|\n");
+  std::printf("| tile | softmax | consumers per SM | turns | FLOP per SM cycle | TFLOP/s | mean MHz (clock64 / time) |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
   for (int warpgroups = 1; warpgroups <= 2; ++warpgroups) {
     report<64, false>(sms, warpgroups, iterations);
     report<128, false>(sms, warpgroups, iterations);
     report<64, true>(sms, warpgroups, iterations);
     report<128, true>(sms, warpgroups, iterations);
   }
+  report<64, true, Turns::kQk>(sms, 2, iterations);
+  report<64, true, Turns::kBurst>(sms, 2, iterations);
+  report<128, true, Turns::kQk>(sms, 2, iterations);
+  report<128, true, Turns::kBurst>(sms, 2, iterations);
   return 0;
 }
