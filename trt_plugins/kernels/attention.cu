@@ -2,10 +2,10 @@
 // fp32 over 64-key tiles) over the tiles PairSchedule yields for a pair of query blocks per CTA, a chunk both
 // blocks hold loaded once. Two bodies:
 // - sm_90a: a consumer warpgroup per block (Q in registers, Q K^T and P V as Hopper wgmma, at head_dim 128 two
-//   of its tiles at once as one 128-key tile where they come in adjacent stages) and a producer warpgroup that runs the pair's tile schedule and the loads (chunk tiles by TMA, gathered
-//   columns by cp.async); they hand tiles over through a ring of six shared-memory stages with full/empty
-//   mbarriers (FlashAttention-3's warp specialisation), each consumer skipping the other block's tiles, so
-//   neither waits for the other;
+//   of its tiles at once as one 128-key tile where they come in adjacent stages) and a producer warpgroup
+//   that runs the pair's tile schedule and the loads (chunk tiles by TMA, gathered columns by cp.async); they
+//   hand tiles over through a ring of six shared-memory stages with full/empty mbarriers (FlashAttention-3's
+//   warp specialisation), each consumer skipping the other block's tiles, so neither waits for the other;
 // - elsewhere (sm_80): one warpgroup for both blocks, cp.async, mma.sync, one barrier per tile.
 // The launch reads the body's thread count back from the loaded binary (docs/kernels.md).
 #include <cuda.h>
