@@ -1,12 +1,17 @@
 """A model of the stage protocol of the sm_90a attention kernel (attention.cu: produce, consume).
 
 One producer fills a ring of stages with a pair's tiles (each for block 0, block 1 or both) and two consumers,
-one per block, each compute their own tiles and give back the other's. Mbarriers with phase parities as PTX
+one per block, each compute their own tiles and give back the other's; at head_dim 128 two at a time where the
+second is in the stage right after the first (not past the ring's end, so their K rows are one 128-row operand),
+at head_dim 64 one at a time. Mbarriers with phase parities as PTX
 defines them, the producer's copies landing at random later times, random interleavings: every tile must reach
 each consumer that computes it once, in order, after its copies landed; no stage may be refilled while a P V
-can still read it; no schedule may deadlock. A mutation of the consumer shows that the checks catch what they
-are for: `early` gives a stage back before its P V (refilled under it).
-Run: python bench/stage_protocol_model.py [--mutation early]
+can still read it; two tiles computed together must sit in adjacent stages; no schedule may deadlock. A
+mutation of the consumer shows that the checks catch what they are for: `early` gives a stage back before its
+P V (refilled under it); `wrap` pairs the last stage with the first; `keep` never gives the other block's tiles
+back (the producer runs out of stages: deadlock). (Looking one stage ahead, a consumer holding one stage never
+waits for a stage the producer could fill only with it back.)
+Run: python bench/stage_protocol_model.py [--mutation early|wrap|keep]
 """
 
 import argparse
@@ -14,7 +19,7 @@ import random
 
 STAGES = 6
 FIRST, SECOND = 1, 2
-MUTATIONS = ("early",)
+MUTATIONS = ("early", "wrap", "keep")
 
 
 class Barrier:
@@ -34,7 +39,7 @@ class Deadlock(AssertionError):
     pass
 
 
-def run(uses: list[int], rng: random.Random, mutation: str | None) -> None:
+def run(uses: list[int], rng: random.Random, mutation: str | None, pairs: bool = True) -> None:
     full = [Barrier(2) for _ in range(STAGES)]  # per producer thread: copies landed, then stores released
     empty = [Barrier(2) for _ in range(STAGES)]  # one arrival per consumer
     content: list = [None] * STAGES
@@ -69,24 +74,43 @@ def run(uses: list[int], rng: random.Random, mutation: str | None) -> None:
         def landed(s: int, tile: int) -> bool:
             return content[s] == ("landed", tile)
 
-        while True:  # each tile in turn; this block's: Q K^T, softmax, P V, then the stage goes back
+        def wait_full():
             while not full[stage].done(phase):
                 yield
+
+        while True:  # this block's tiles, two at a time where they sit in adjacent stages; the other's given back
+            yield from wait_full()
             t, u = desc[stage]
             if not u:
                 break
-            if u & mine:
-                assert landed(stage, t)
-                seen[half].append(t)
-                if mutation == "early":
+            if not u & mine:
+                if mutation != "keep":
                     empty[stage].arrive()
-                yield  # Q K^T, softmax, P V
-                assert landed(stage, t), "a stage was refilled under its P V"
-                if mutation != "early":
-                    empty[stage].arrive()
-            else:
-                empty[stage].arrive()
+                next_stage()
+                continue
+            held = [(stage, t)]
             next_stage()
+            if pairs and (stage != 0 or mutation == "wrap"):
+                yield from wait_full()
+                t, u = desc[stage]
+                if u & mine:
+                    held.append((stage, t))
+                    next_stage()
+                # else the other block's tile or the end, met again above
+            if len(held) == 2:
+                assert held[1][0] == held[0][0] + 1, "a 128-key tile read two stages that are not adjacent"
+            for s, t in held:
+                assert landed(s, t)
+                seen[half].append(t)
+            if mutation == "early":
+                for s, _ in held:
+                    empty[s].arrive()
+            yield  # both Q K^T, one softmax, both P V
+            for s, t in held:
+                assert landed(s, t), "a stage was refilled under its P V"
+            if mutation != "early":
+                for s, _ in held:
+                    empty[s].arrive()
 
     agents = {"producer": producer(), "consumer 0": consumer(0), "consumer 1": consumer(1)}
     for _ in range(200_000):
@@ -118,12 +142,13 @@ def random_uses(rng: random.Random) -> list[int]:
     return uses
 
 
-def first_failure(schedules: int, mutation: str | None = None) -> tuple[int, str] | None:
-    """The first of `schedules` random schedules that breaks the protocol, with what broke; None if none does."""
+def first_failure(schedules: int, mutation: str | None = None, pairs: bool = True) -> tuple[int, str] | None:
+    """The first of `schedules` random schedules that breaks the protocol, with what broke; None if none does.
+    pairs=False is the head_dim 64 consumer, one tile at a time."""
     rng = random.Random(0)
     for i in range(schedules):
         try:
-            run(random_uses(rng), rng, mutation)
+            run(random_uses(rng), rng, mutation, pairs)
         except AssertionError as failure:
             return i, str(failure)
     return None
@@ -134,15 +159,18 @@ def main() -> None:
     parser.add_argument("--schedules", type=int, default=20000)
     parser.add_argument("--mutation", choices=MUTATIONS)
     args = parser.parse_args()
-    failure = first_failure(args.schedules, args.mutation)
     if args.mutation is None:
-        if failure is not None:
-            raise SystemExit(f"schedule {failure[0]}: {failure[1]}")
+        for pairs in (True, False):
+            failure = first_failure(args.schedules, None, pairs)
+            if failure is not None:
+                raise SystemExit(f"{'pairs' if pairs else 'single tiles'}, schedule {failure[0]}: {failure[1]}")
         print(
-            f"{args.schedules} random schedules: each consumer saw its tiles once, in order, landed; "
-            "no stage refilled under a P V; no deadlock"
+            f"{args.schedules} random schedules, with pairs and with single tiles: each consumer saw its tiles once, "
+            "in order, landed; pairs in adjacent stages; no stage refilled under a P V; no deadlock"
         )
-    elif failure is None:
+        return
+    failure = first_failure(args.schedules, args.mutation)
+    if failure is None:
         raise SystemExit(f"--mutation {args.mutation} was not caught in {args.schedules} schedules")
     else:
         print(f"--mutation {args.mutation} caught on schedule {failure[0]}: {failure[1]}")

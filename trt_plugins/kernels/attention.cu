@@ -1,11 +1,11 @@
 // The sparse attention forward: all heads of the layer in one launch, FlashAttention-2 style (online softmax in
 // fp32 over 64-key tiles) over the tiles PairSchedule yields for a pair of query blocks per CTA, a chunk both
 // blocks hold loaded once. Two bodies:
-// - sm_90a: a consumer warpgroup per block (Q in registers, Q K^T and P V as Hopper wgmma, one tile at a time)
-//   and a producer warpgroup that runs the pair's tile schedule and the loads (chunk tiles by TMA, gathered
-//   columns by cp.async); they hand tiles over through a ring of six shared-memory stages with full/empty
-//   mbarriers (FlashAttention-3's warp specialisation), each consumer skipping the other block's tiles, so
-//   neither waits for the other;
+// - sm_90a: a consumer warpgroup per block (Q in registers, Q K^T and P V as Hopper wgmma, at head_dim 128 two
+//   of its tiles at once as one 128-key tile where they come in adjacent stages) and a producer warpgroup
+//   that runs the pair's tile schedule and the loads (chunk tiles by TMA, gathered columns by cp.async); they
+//   hand tiles over through a ring of six shared-memory stages with full/empty mbarriers (FlashAttention-3's
+//   warp specialisation), each consumer skipping the other block's tiles, so neither waits for the other;
 // - elsewhere (sm_80): one warpgroup for both blocks, cp.async, mma.sync, one barrier per tile.
 // The launch reads the body's thread count back from the loaded binary (docs/kernels.md).
 #include <cuda.h>
@@ -14,6 +14,7 @@
 
 #include <climits>
 #include <cmath>
+#include <type_traits>
 
 #include "kernels.h"
 #include "tile_math.cuh"
@@ -50,7 +51,7 @@ constexpr int kStages = 6;
 constexpr int kLagsAhead = 4;
 template <int D>
 struct PipeSmem {
-  static constexpr int kK = 0;                                  // [kStages] tiles
+  static constexpr int kK = 0;                                  // [kStages] tiles, as kKRingStride says
   static constexpr int kV = kK + kStages * Tile<D>::kBytes;     // [kStages] tiles
   static constexpr int kKeys = kV + kStages * Tile<D>::kBytes;  // int[kStages][64]
   static constexpr int kTiles = kKeys + kStages * kBlock * 4;   // TileDesc[kStages]
@@ -124,21 +125,29 @@ struct BlockRows {
     }
   }
 
-  // mask() where the tile needs it for this block (`half` of the pair), then the online softmax: s becomes the
-  // probabilities against the new running maximum, alpha each row's factor for o (applied by rescale()).
-  __device__ void softmax_tile(float (&s)[32], float (&alpha)[2], const TileDesc& tile, const int* tile_keys,
-                               int half, const HeadParams& hp, int seq, float scale_log2) {
-    if (tile.uses & (kMaskFirst << half)) {
-      if (tile.start == kGathered)
-        mask(s, [&](int j) { return tile_keys[j]; }, hp, seq);
+  // mask() where a tile needs it for this block (`half` of the pair), then the online softmax over the first N
+  // tiles' logits together (one running maximum and one rescale of o for all of them): s becomes the
+  // probabilities against the new maximum, alpha each row's factor for o (applied by rescale()).
+  template <int N, int M>
+  __device__ void softmax_tiles(float (&s)[M][32], float (&alpha)[2], const TileDesc* tile, const int* const* tile_keys,
+                                int half, const HeadParams& hp, int seq, float scale_log2) {
+    static_assert(N >= 1 && N <= M, "softmax over the first N of M tiles");
+#pragma unroll
+    for (int t = 0; t < N; ++t) {
+      if (!(tile[t].uses & (kMaskFirst << half))) continue;
+      if (tile[t].start == kGathered)
+        mask(s[t], [&](int j) { return tile_keys[t][j]; }, hp, seq);
       else
-        mask(s, [&](int j) { return tile.start + j; }, hp, seq);
+        mask(s[t], [&](int j) { return tile[t].start + j; }, hp, seq);
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float tile_max = -INFINITY;
 #pragma unroll
-      for (int n = 0; n < 8; ++n) tile_max = fmaxf(tile_max, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
+      for (int t = 0; t < N; ++t)
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+          tile_max = fmaxf(tile_max, fmaxf(s[t][4 * n + 2 * r], s[t][4 * n + 2 * r + 1]));
       tile_max = quad_max(tile_max) * scale_log2;
       const float new_max = fmaxf(row_max[r], tile_max);
       const float base = new_max == -INFINITY ? 0.f : new_max;  // a row with nothing visible yet stays 0
@@ -146,13 +155,15 @@ struct BlockRows {
       row_max[r] = new_max;
       float sum = 0.f;
 #pragma unroll
-      for (int n = 0; n < 8; ++n)
+      for (int t = 0; t < N; ++t)
 #pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const float e = fast_exp2(fmaf(s[4 * n + 2 * r + c], scale_log2, -base));
-          s[4 * n + 2 * r + c] = e;
-          sum += e;
-        }
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const float e = fast_exp2(fmaf(s[t][4 * n + 2 * r + c], scale_log2, -base));
+            s[t][4 * n + 2 * r + c] = e;
+            sum += e;
+          }
       row_sum[r] = row_sum[r] * alpha[r] + sum;
     }
   }
@@ -201,6 +212,14 @@ __device__ __forceinline__ void load_kv(uint32_t k_tile, uint32_t v_tile, const 
 }
 
 #if MINFER_WGMMA
+// The K ring keeps each 64-column block of all its stages together ([D / 64][kStages][64 rows x 128 bytes]),
+// so the K rows of stages s and s + 1 are one 128-row K-major operand: a consumer holding two of its tiles in
+// adjacent stages runs their Q K^T as m64n128k16 (half the wgmma of two m64n64k16). V keeps whole tiles.
+constexpr int kKRingStride = kStages * Tile<64>::kColumnBlockBytes;  // bytes between a K stage's column blocks
+__device__ __forceinline__ uint32_t k_stage(uint32_t k_ring, int stage) {
+  return k_ring + stage * Tile<64>::kColumnBlockBytes;
+}
+
 // The warp's query rows as wgmma A fragments, straight from global memory (rows past S read as 0): the
 // m16n8k16 A layout, a[i] = rows g + 8 (i & 1), columns 16kk + 2t + 8 (i >> 1) and the next one.
 template <typename T, int D>
@@ -238,17 +257,18 @@ __device__ __forceinline__ void produce(PairSource& source, char* smem, const Kv
     const TileDesc tile = schedule.next(source, seq, stage_keys, group);
     if (group.tid() == 0) tiles[stage] = tile;
     if (tile.uses && tile.start == kGathered) {  // gathered rows: cp.async by every producer thread
-      load_rows<T, D>(k_tiles + stage * kTile, k_head, stage_keys, seq);
+      load_rows<T, D, kKRingStride>(k_stage(k_tiles, stage), k_head, stage_keys, seq);
       load_rows<T, D>(v_tiles + stage * kTile, v_head, stage_keys, seq);
     } else if (tile.uses && group.tid() == 0) {  // 64 consecutive rows: TMA boxes, counted in the full barrier
       cutlass::arch::ClusterTransactionBarrier::expect_transaction(full + stage, 2 * kTile);
       constexpr uint64_t kHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
 #pragma unroll
       for (int c = 0; c < D / 64; ++c) {
-        const uint32_t offset = stage * kTile + c * Tile<D>::kColumnBlockBytes;
-        cute::SM90_TMA_LOAD_3D::copy(&maps.k, full + stage, kHint, smem + S::kK + offset, 64 * c, tile.start,
+        const uint32_t k_offset = k_stage(0, stage) + c * kKRingStride;
+        const uint32_t v_offset = stage * kTile + c * Tile<D>::kColumnBlockBytes;
+        cute::SM90_TMA_LOAD_3D::copy(&maps.k, full + stage, kHint, smem + S::kK + k_offset, 64 * c, tile.start,
                                      map_head);
-        cute::SM90_TMA_LOAD_3D::copy(&maps.v, full + stage, kHint, smem + S::kV + offset, 64 * c, tile.start,
+        cute::SM90_TMA_LOAD_3D::copy(&maps.v, full + stage, kHint, smem + S::kV + v_offset, 64 * c, tile.start,
                                      map_head);
       }
     }
@@ -259,10 +279,12 @@ __device__ __forceinline__ void produce(PairSource& source, char* smem, const Kv
   }
 }
 
-// The consumer warpgroup of block `half` of the pair (query block m): each tile of its block in turn, Q K^T,
-// softmax, rescale, P V, then the stage goes back; tiles of the other block go straight back. Holding one stage
-// at a time leaves the producer four of the six to keep loads in flight (the two consumers' softmax and wgmma
-// interleave on the SM's tensor cores instead of one consumer's Q K^T beside its own previous P V).
+// The consumer warpgroup of block `half` of the pair (query block m): where two tiles of this block come in
+// adjacent stages s, s + 1 (s + 1 < kStages, so their K rows are one 128-row operand in the K ring), both at
+// once as one 128-key tile (one m64n128k16 Q K^T, one softmax and one rescale of o over the 128 logits, both
+// P V), then both stages go back; otherwise one tile; tiles of the other block go straight back. Looking only
+// one stage ahead, the consumer never waits for a stage the producer could fill only with the one it holds
+// (bench/stage_protocol_model.py models the protocol with pairs and without).
 template <typename T, int D>
 __device__ __forceinline__ void consume(const LaunchParams& p, char* smem, int h, int m, int half, const T* q_head,
                                         T* out_head) {
@@ -282,27 +304,62 @@ __device__ __forceinline__ void consume(const LaunchParams& p, char* smem, int h
   load_q_registers<T, D>(qa, q_head, start, seq);
   BlockRows<D> rows;
   rows.init(start);
-  float s[32], alpha[2];
-  uint32_t pa[4][4];  // P of the tile, as P V's A operand
+  float s[2][32], alpha[2];
+  uint32_t pa[2][4][4];  // P of each tile, as P V's A operand
   int stage = 0, phase = 0;
   const auto next_stage = [&] {
     if (++stage == kStages) stage = 0, phase ^= 1;
   };
-  for (;; next_stage()) {  // each tile in turn: Q K^T, softmax, P V, then its stage goes back
-    Barrier::wait(full + stage, phase);
-    const TileDesc tile = tiles[stage];
-    if (!tile.uses) break;
-    if (tile.uses & mine) {
-      wgmma::fence_async_shared();
-      wgmma::qk_issue<T, D>(s, qa, k_tiles + stage * kTile);
-      wgmma::wait<0>(s);
-      rows.softmax_tile(s, alpha, tile, keys + stage * kBlock, half, hp, seq, p.scale_log2);
-      rows.rescale(alpha);
-      p_fragments<T>(pa, s);
-      wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + stage * kTile);
-      wgmma::wait<0>(rows.o);
+  // Q K^T, softmax, rescale and P V of the N tiles in stages held[0..N), then those stages go back
+  const auto compute = [&](auto tile_count, const int (&held)[2], const TileDesc (&tile)[2]) {
+    constexpr int N = decltype(tile_count)::value;
+    const int* tile_keys[2] = {keys + held[0] * kBlock, keys + held[1] * kBlock};
+    wgmma::fence_async_shared();
+    if constexpr (N == 2) {  // stages held[0] and held[0] + 1: one 128-key Q K^T, its logits 64..127 in s[1]
+      float(&both)[2 * 32] = reinterpret_cast<float(&)[2 * 32]>(s);
+      wgmma::qk_issue<T, D, 2 * kBlock, kKRingStride>(both, qa, k_stage(k_tiles, held[0]));
+      wgmma::wait<0>(both);
+    } else {
+      wgmma::qk_issue<T, D, kBlock, kKRingStride>(s[0], qa, k_stage(k_tiles, held[0]));
+      wgmma::wait<0>(s[0]);
     }
-    Barrier::arrive(empty + stage);
+    rows.template softmax_tiles<N>(s, alpha, tile, tile_keys, half, hp, seq, p.scale_log2);
+    rows.rescale(alpha);
+#pragma unroll
+    for (int t = 0; t < N; ++t) p_fragments<T>(pa[t], s[t]);
+#pragma unroll
+    for (int t = 0; t < N; ++t) wgmma::pv_issue<T, D>(rows.o, pa[t], v_tiles + held[t] * kTile);
+    wgmma::wait<0>(rows.o);
+#pragma unroll
+    for (int t = 0; t < N; ++t) Barrier::arrive(empty + held[t]);
+  };
+  for (;;) {
+    Barrier::wait(full + stage, phase);
+    TileDesc tile[2] = {tiles[stage], {0, 0}};
+    if (!tile[0].uses) break;
+    if (!(tile[0].uses & mine)) {
+      Barrier::arrive(empty + stage);
+      next_stage();
+      continue;
+    }
+    int held[2] = {stage, stage};
+    next_stage();
+    // a second tile of this block in the next stage, its K rows right after the first's; at D = 64 ptxas
+    // serialises the wgmma of the 128-key tile (C7511), so tiles go one at a time there
+    if (D == 128 && stage != 0) {
+      Barrier::wait(full + stage, phase);
+      tile[1] = tiles[stage];
+      if (tile[1].uses & mine) {
+        held[1] = stage;
+        next_stage();
+      } else {
+        tile[1].uses = 0;  // the other block's tile or the end: the loop above meets it next
+      }
+    }
+    if (tile[1].uses)
+      compute(std::integral_constant<int, 2>{}, held, tile);
+    else
+      compute(std::integral_constant<int, 1>{}, held, tile);
   }
   rows.store(out_head, seq);
 }
@@ -376,11 +433,12 @@ __device__ __forceinline__ void attend_pair(const LaunchParams& p, const KvMaps&
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       if (!(tile.uses & (kUsesFirst << half))) continue;  // the same in every thread
-      float s[32], alpha[2];
-      qk_tile_smem_q<T, D>(s, q_tiles + half * Tile<D>::kBytes, k_tile);
-      block[half].softmax_tile(s, alpha, tile, keys + stage * kBlock, half, hp, seq, p.scale_log2);
+      float s[1][32], alpha[2];
+      const int* tile_keys = keys + stage * kBlock;
+      qk_tile_smem_q<T, D>(s[0], q_tiles + half * Tile<D>::kBytes, k_tile);
+      block[half].template softmax_tiles<1>(s, alpha, &tile, &tile_keys, half, hp, seq, p.scale_log2);
       block[half].rescale(alpha);
-      pv_tile<T, D>(block[half].o, s, v_tile);
+      pv_tile<T, D>(block[half].o, s[0], v_tile);
     }
     if (!next.uses) break;
     tile = next;
