@@ -1,9 +1,9 @@
 // The tensor-core rate of the sm_90a consumer's per-tile schedule with nothing else on the SM: no loads, no
 // producer, no stages. Each consumer warpgroup repeats Q K^T (RS wgmma, K-major K tile in shared memory),
 // wait, [row maxima and exponentials of its logits], packing of P, P V (RS wgmma, MN-major V tile), wait,
-// over one tile of KEYS keys at head_dim 128, bf16. It answers what docs/kernels.md leaves open: does a
-// 128-key tile (Q K^T as m64n128k16) raise the rate over v14's 64-key tile (m64n64k16), with one or two
-// consumers per SM, with and without the softmax? The rate is reported per SM cycle (the CTAs' own clock64),
+// over one tile of KEYS keys at head_dim 128, bf16. It answers: does a 128-key tile (Q K^T as m64n128k16)
+// raise the rate over a 64-key tile (m64n64k16), with one or two consumers per SM, with and without the
+// softmax, and do two consumers gain by taking turns on the tensor cores? (docs/kernels.md has the table.) The rate is reported per SM cycle (the CTAs' own clock64),
 // so the power cap's clock does not blur the comparison, and as TFLOP/s at the clock the run had.
 // Build and run (sm_90a only): cmake --build build --target wgmma_rate && build/wgmma_rate
 #include <cuda_runtime.h>
