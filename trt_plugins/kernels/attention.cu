@@ -12,8 +12,6 @@
 #include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
-#include <climits>
-#include <cmath>
 #include <type_traits>
 
 #include "block_rows.cuh"
