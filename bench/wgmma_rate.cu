@@ -46,12 +46,6 @@ __device__ __forceinline__ void turn_pass(int w) {
 enum class Softmax { kNone, kBare, kKernel, kKernelMasked };
 constexpr const char* kSoftmaxName[] = {"no", "bare", "the kernel's", "the kernel's, masked"};
 
-__device__ __forceinline__ float ex2(float x) {
-  float y;
-  asm volatile("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
 template <int KEYS, Softmax kSoftmax, Turns kTurns>
 __global__ void __launch_bounds__(256, 1) consumer_rate(int iterations, long long* cycles, float* sink) {
 #if MINFER_WGMMA
@@ -82,6 +76,7 @@ __global__ void __launch_bounds__(256, 1) consumer_rate(int iterations, long lon
   const int* no_keys[2] = {nullptr, nullptr};
   float alpha[2];
   float(&tile_logits)[kTiles][32] = reinterpret_cast<float(&)[kTiles][32]>(s);
+  uint32_t(&tile_pa)[kTiles][4][4] = reinterpret_cast<uint32_t(&)[kTiles][4][4]>(pa);
 
   // turns: warpgroup 0 waits before each of its turns but the first and once after its last, warpgroup 1
   // before each, so every pass meets one wait
@@ -111,19 +106,17 @@ __global__ void __launch_bounds__(256, 1) consumer_rate(int iterations, long lon
       for (int i = 0; i < kLogits; ++i) m = fmaxf(m, s[i]);
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-      const float rescale = ex2(row_max - m);
+      const float rescale = fast_exp2(row_max - m);
       row_max = m;
 #pragma unroll
       for (int i = 0; i < kLogits; ++i) {
-        s[i] = ex2(s[i] - m);
+        s[i] = fast_exp2(s[i] - m);
         row_sum += s[i];
       }
       row_sum *= rescale;
     }
 #pragma unroll
-    for (int kk = 0; kk < KEYS / 16; ++kk)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) pa[kk][r] = MmaType<T>::pack(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+    for (int t = 0; t < kTiles; ++t) p_fragments<T>(tile_pa[t], tile_logits[t]);
     if constexpr (kTurns == Turns::kBurst) {  // this tile's P V and the next one's Q K^T in one turn
       turn_wait(w);
       wgmma::pv_issue<T, kD, KEYS>(rows.o, pa, v_tile);
