@@ -92,11 +92,11 @@ if has profile; then  # Nsight Compute on the attention kernel (PROFILE_FAMILY, 
     rep="$OUT/attention-$(basename "$(dirname "$lib")")"
     {
       echo "== $lib"
-      MINFER_KERNELS_LIB=$PWD/$lib ncu --clock-control none --kernel-name regex:attention_kernel --launch-count 1 \
+      MINFER_KERNELS_LIB=$PWD/$lib timeout "${PROFILE_TIMEOUT:-300}" ncu --clock-control none --kernel-name regex:attention_kernel --launch-count 1 \
         --set full -o "$rep" python bench/bench_kernels.py --lengths "${PROFILE_LENGTH:-131072}" \
         --families "${PROFILE_FAMILY:-iid}" --dense cudnn >"$rep.log" 2>&1
       ncu --import "$rep.ncu-rep" --page details --print-units base 2>/dev/null \
-        | grep -E "Duration|Registers|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L1/TEX Cache Throughput|L2 Cache Throughput|L2 Hit|Warp Cycles Per Issued|Block Limit|SM Frequency|DRAM Frequency" | head -40
+        | grep -E "Duration|Elapsed Cycles|SM Active Cycles|Registers|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L1/TEX Cache Throughput|L2 Cache Throughput|L2 Hit|Warp Cycles Per Issued|Block Limit|SM Frequency|DRAM Frequency" | head -40
       # stall reasons (cycles per issued instruction that warps spend in each state, largest first), then how
       # busy the tensor pipes, the L2 and shared memory were, and shared memory's bank conflicts
       ncu --import "$rep.ncu-rep" --page raw --csv 2>/dev/null | python3 -c '
