@@ -36,6 +36,7 @@ CONFIG_NAME = "Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json"
 CONFIG_PLACES = (REPO / ".carry" / "minference-configs", REPO.parent / "shared" / "data" / "minference-configs")
 HQ, HKV, D = 32, 8, 128
 SCALE = D**-0.5
+IID_SEED, LLM_LIKE_SEED = 1, 2  # the inputs every table so far was timed on
 DENSE_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
 console = Console()
 
@@ -146,6 +147,10 @@ def main(
         list[Path] | None,
         typer.Option(help="another build of libminfer_kernels.so, timed on the same inputs (repeat for several)"),
     ] = None,
+    llm_seeds: Annotated[
+        str,
+        typer.Option(help="comma-separated seeds of the LLM-like inputs, a row each (the selection varies with them)"),
+    ] = str(LLM_LIKE_SEED),
 ) -> None:
     library = kernels.load_library()
     compare_library = compare_library or []
@@ -154,14 +159,21 @@ def main(
     seqs = [int(s) for s in lengths.split(",")]
     if "iid" in families.split(",")[1:]:
         raise typer.BadParameter("put iid first: it reuses the dense run's inputs")
+    seeds = [int(x) for x in llm_seeds.split(",")]
+    # the i.i.d. inputs are the dense run's; the LLM-like ones once per seed, named by it unless it is the default
+    inputs = [
+        (family, seed, family if seeds == [LLM_LIKE_SEED] else f"{family}, seed {seed}")
+        for family in families.split(",")
+        for seed in ([IID_SEED] if family == "iid" else seeds)
+    ]
     rows = []
     device = torch.cuda.get_device_name()
     clocks = ClockSampler()
     with Progress(console=console) as progress:
-        task = progress.add_task("benchmark", total=len(seqs) * (1 + len(families.split(","))))
+        task = progress.add_task("benchmark", total=len(seqs) * (1 + len(inputs)))
         for seq in seqs:
             scale_reps = max(1, round(4 * (131072 / seq)))
-            q, k, v = make_inputs("iid", seq, seed=1)
+            q, k, v = make_inputs("iid", seq, seed=IID_SEED)
             dense_times, dense_clocks = {}, {}
             for name in dense.split(","):
                 with clocks.measured() as window:
@@ -169,11 +181,11 @@ def main(
                 dense_clocks[name] = window.clocks
             best_name = min(dense_times, key=dense_times.get)
             progress.advance(task)
-            for family in families.split(","):
+            for family, seed, label in inputs:
                 if family != "iid":  # the dense run's inputs are the i.i.d. family
                     del q, k, v
                     torch.cuda.empty_cache()
-                    q, k, v = make_inputs(family, seq, seed=2)
+                    q, k, v = make_inputs(family, seq, seed=seed)
                 layer_run = SparseLayer(library, patterns, q, k, v)
                 with clocks.measured() as window:
                     total = median_ms(layer_run, reps=2 * scale_reps + 1)
@@ -189,7 +201,7 @@ def main(
                 rows.append(
                     {
                         "S": seq,
-                        "family": family,
+                        "family": label,
                         "fraction": flops / dense_flops,
                         "sparse_ms": total,
                         "dense": dense_times,
