@@ -2,9 +2,10 @@
 // producer, no stages. Each consumer warpgroup repeats Q K^T (RS wgmma, K-major K tile in shared memory),
 // wait, [row maxima and exponentials of its logits], packing of P, P V (RS wgmma, MN-major V tile), wait,
 // over one tile of KEYS keys at head_dim 128, bf16. It answers: does a 128-key tile (Q K^T as m64n128k16)
-// raise the rate over a 64-key tile (m64n64k16), with one or two consumers per SM, with and without the
-// softmax, and do two consumers gain by taking turns on the tensor cores? (docs/kernels.md has the table.) The rate is reported per SM cycle (the CTAs' own clock64),
-// so the power cap's clock does not blur the comparison, and as TFLOP/s at the clock the run had.
+// raise the rate over a 64-key tile (m64n64k16), with one, two or three consumers per SM, with and without the
+// softmax, and do two consumers gain by taking turns on the tensor cores? (docs/kernels.md has the table.)
+// The rate is reported per SM cycle (the CTAs' own clock64), so the power cap's clock does not blur the
+// comparison, and as TFLOP/s at the clock the run had.
 // Build and run (sm_90a only): cmake --build build --target wgmma_rate && build/wgmma_rate
 #include <cuda_runtime.h>
 
@@ -46,8 +47,9 @@ __device__ __forceinline__ void turn_pass(int w) {
 enum class Softmax { kNone, kBare, kKernel, kKernelMasked };
 constexpr const char* kSoftmaxName[] = {"no", "bare", "the kernel's", "the kernel's, masked"};
 
-template <int KEYS, Softmax kSoftmax, Turns kTurns>
-__global__ void __launch_bounds__(256, 1) consumer_rate(int iterations, long long* cycles, float* sink) {
+// WARPGROUPS consumers per CTA (one CTA per SM); their registers are capped at 65536 / (128 WARPGROUPS).
+template <int KEYS, Softmax kSoftmax, Turns kTurns, int WARPGROUPS>
+__global__ void __launch_bounds__(128 * WARPGROUPS, 1) consumer_rate(int iterations, long long* cycles, float* sink) {
 #if MINFER_WGMMA
   extern __shared__ __align__(1024) uint8_t smem[];
   constexpr int kLogits = KEYS / 2;  // accumulator floats per thread of an m64 x KEYS product
@@ -142,10 +144,10 @@ struct Result {
   double flops_per_sm_cycle, tflops, mhz;
 };
 
-template <int KEYS, Softmax kSoftmax, Turns kTurns>
+template <int KEYS, Softmax kSoftmax, Turns kTurns, int WARPGROUPS>
 Result run(int sms, int warpgroups, int iterations) {
   const int smem = 2 * kTileBytes<KEYS>;
-  auto kernel = consumer_rate<KEYS, kSoftmax, kTurns>;
+  auto kernel = consumer_rate<KEYS, kSoftmax, kTurns, WARPGROUPS>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   long long* cycles;
   float* sink;
@@ -175,9 +177,11 @@ Result run(int sms, int warpgroups, int iterations) {
   return {flops_per_cta / double(longest), flops_per_cta * sms / (ms * 1e-3) / 1e12, double(longest) / (ms * 1e3)};
 }
 
-template <int KEYS, Softmax kSoftmax, Turns kTurns = Turns::kFree>
+// warpgroups consumers per SM, the kernel compiled for up to kMaxWarpgroups of them (two: 255 registers each;
+// three: 168 each)
+template <int KEYS, Softmax kSoftmax, Turns kTurns = Turns::kFree, int kMaxWarpgroups = 2>
 void report(int sms, int warpgroups, int iterations) {
-  const Result r = run<KEYS, kSoftmax, kTurns>(sms, warpgroups, iterations);
+  const Result r = run<KEYS, kSoftmax, kTurns, kMaxWarpgroups>(sms, warpgroups, iterations);
   std::printf("| %d keys (Q K^T m64n%dk16) | %s | %d | %s | %.0f | %.0f | %.0f |\n", KEYS, KEYS,
               kSoftmaxName[int(kSoftmax)], warpgroups, kTurnsName[int(kTurns)], r.flops_per_sm_cycle, r.tflops, r.mhz);
 }
@@ -205,6 +209,11 @@ int main() {
   }
   report<64, Softmax::kKernelMasked>(sms, 2, iterations);
   report<128, Softmax::kKernelMasked>(sms, 2, iterations);
+  // three consumers, as a CTA of three query blocks would run them (64-key tiles: 128-key ones do not fit in
+  // 168 registers, nor, by 16 bytes of spills and a serialised wgmma, the masked softmax)
+  report<64, Softmax::kNone, Turns::kFree, 3>(sms, 3, iterations);
+  report<64, Softmax::kBare, Turns::kFree, 3>(sms, 3, iterations);
+  report<64, Softmax::kKernel, Turns::kFree, 3>(sms, 3, iterations);
   report<64, Softmax::kBare, Turns::kQk>(sms, 2, iterations);
   report<64, Softmax::kBare, Turns::kBurst>(sms, 2, iterations);
   report<128, Softmax::kBare, Turns::kQk>(sms, 2, iterations);
