@@ -16,6 +16,10 @@
 #include "block_rows.cuh"
 #include "wgmma.cuh"
 
+#if MINFER_WGMMA
+#include <cutlass/arch/reg_reconfig.h>
+#endif
+
 namespace {
 
 using namespace minfer;
@@ -47,9 +51,13 @@ __device__ __forceinline__ void turn_pass(int w) {
 enum class Softmax { kNone, kBare, kKernel, kKernelMasked };
 constexpr const char* kSoftmaxName[] = {"no", "bare", "the kernel's", "the kernel's, masked"};
 
-// WARPGROUPS consumers per CTA (one CTA per SM); their registers are capped at 65536 / (128 WARPGROUPS).
-template <int KEYS, Softmax kSoftmax, Turns kTurns, int WARPGROUPS>
-__global__ void __launch_bounds__(128 * WARPGROUPS, 1) consumer_rate(int iterations, long long* cycles, float* sink) {
+// WARPGROUPS consumers per CTA (one CTA per SM); their registers are capped at 65536 / (128 WARPGROUPS). With
+// kIdleProducer a last warpgroup gives its registers back (setmaxnreg to 24) and leaves, and the three
+// consumers take 160 each, as a CTA of three consumers and a producer would split them.
+constexpr int kIdleProducerRegisters = 24, kConsumerBesideProducerRegisters = 160;
+template <int KEYS, Softmax kSoftmax, Turns kTurns, int WARPGROUPS, bool kIdleProducer>
+__global__ void __launch_bounds__(128 * (WARPGROUPS + kIdleProducer), 1)
+    consumer_rate(int iterations, long long* cycles, float* sink) {
 #if MINFER_WGMMA
   extern __shared__ __align__(1024) uint8_t smem[];
   constexpr int kLogits = KEYS / 2;  // accumulator floats per thread of an m64 x KEYS product
@@ -59,6 +67,14 @@ __global__ void __launch_bounds__(128 * WARPGROUPS, 1) consumer_rate(int iterati
     reinterpret_cast<T*>(smem)[i] = __float2bfloat16(float((i * 2654435761u) >> 16) / 32768.0f - 1.0f);
   wgmma::fence_async_shared();
   __syncthreads();
+  if constexpr (kIdleProducer) {
+    static_assert(WARPGROUPS * kConsumerBesideProducerRegisters + kIdleProducerRegisters <= 512, "65536 registers");
+    if (__shfl_sync(0xffffffffu, int(threadIdx.x) / 128, 0) == WARPGROUPS) {
+      cutlass::arch::warpgroup_reg_dealloc<kIdleProducerRegisters>();
+      return;
+    }
+    cutlass::arch::warpgroup_reg_alloc<kConsumerBesideProducerRegisters>();
+  }
 
   uint32_t qa[kD / 16][4];
   for (int kk = 0; kk < kD / 16; ++kk)
@@ -144,21 +160,21 @@ struct Result {
   double flops_per_sm_cycle, tflops, mhz;
 };
 
-template <int KEYS, Softmax kSoftmax, Turns kTurns, int WARPGROUPS>
+template <int KEYS, Softmax kSoftmax, Turns kTurns, int WARPGROUPS, bool kIdleProducer>
 Result run(int sms, int warpgroups, int iterations) {
-  const int smem = 2 * kTileBytes<KEYS>;
-  auto kernel = consumer_rate<KEYS, kSoftmax, kTurns, WARPGROUPS>;
+  const int smem = 2 * kTileBytes<KEYS>, threads = 128 * (warpgroups + kIdleProducer);
+  auto kernel = consumer_rate<KEYS, kSoftmax, kTurns, WARPGROUPS, kIdleProducer>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   long long* cycles;
   float* sink;
   cudaMalloc(&cycles, sms * sizeof(long long));
   cudaMalloc(&sink, 256 * sizeof(float));
-  kernel<<<sms, 128 * warpgroups, smem>>>(iterations / 10, cycles, sink);  // warm-up
+  kernel<<<sms, threads, smem>>>(iterations / 10, cycles, sink);  // warm-up
   cudaEvent_t begin, end;
   cudaEventCreate(&begin);
   cudaEventCreate(&end);
   cudaEventRecord(begin);
-  kernel<<<sms, 128 * warpgroups, smem>>>(iterations, cycles, sink);
+  kernel<<<sms, threads, smem>>>(iterations, cycles, sink);
   cudaEventRecord(end);
   cudaEventSynchronize(end);
   if (cudaGetLastError() != cudaSuccess) {
@@ -178,12 +194,13 @@ Result run(int sms, int warpgroups, int iterations) {
 }
 
 // warpgroups consumers per SM, the kernel compiled for up to kMaxWarpgroups of them (two: 255 registers each;
-// three: 168 each)
-template <int KEYS, Softmax kSoftmax, Turns kTurns = Turns::kFree, int kMaxWarpgroups = 2>
+// three: 168 each, or 160 beside an idle producer)
+template <int KEYS, Softmax kSoftmax, Turns kTurns = Turns::kFree, int kMaxWarpgroups = 2, bool kIdleProducer = false>
 void report(int sms, int warpgroups, int iterations) {
-  const Result r = run<KEYS, kSoftmax, kTurns, kMaxWarpgroups>(sms, warpgroups, iterations);
-  std::printf("| %d keys (Q K^T m64n%dk16) | %s | %d | %s | %.0f | %.0f | %.0f |\n", KEYS, KEYS,
-              kSoftmaxName[int(kSoftmax)], warpgroups, kTurnsName[int(kTurns)], r.flops_per_sm_cycle, r.tflops, r.mhz);
+  const Result r = run<KEYS, kSoftmax, kTurns, kMaxWarpgroups, kIdleProducer>(sms, warpgroups, iterations);
+  std::printf("| %d keys (Q K^T m64n%dk16) | %s | %d%s | %s | %.0f | %.0f | %.0f |\n", KEYS, KEYS,
+              kSoftmaxName[int(kSoftmax)], warpgroups, kIdleProducer ? " (160 registers, beside an idle producer)" : "",
+              kTurnsName[int(kTurns)], r.flops_per_sm_cycle, r.tflops, r.mhz);
 }
 
 }  // namespace
@@ -214,6 +231,7 @@ int main() {
   report<64, Softmax::kNone, Turns::kFree, 3>(sms, 3, iterations);
   report<64, Softmax::kBare, Turns::kFree, 3>(sms, 3, iterations);
   report<64, Softmax::kKernel, Turns::kFree, 3>(sms, 3, iterations);
+  report<64, Softmax::kKernel, Turns::kFree, 3, true>(sms, 3, iterations);
   report<64, Softmax::kBare, Turns::kQk>(sms, 2, iterations);
   report<64, Softmax::kBare, Turns::kBurst>(sms, 2, iterations);
   report<128, Softmax::kBare, Turns::kQk>(sms, 2, iterations);
