@@ -45,6 +45,26 @@ __device__ __forceinline__ void turn_pass(int w) {
   asm volatile("bar.arrive %0, 256;\n" ::"r"(3 - w) : "memory");
 }
 
+// Q K^T with Q from shared memory too (an SS wgmma: A is this warpgroup's Q tile, K-major like K), the form a
+// consumer without Q in registers would run; 32 registers freer, twice Q K^T's shared-memory reads.
+template <typename Op, size_t... I>
+__device__ __forceinline__ void ss(uint64_t a, uint64_t b, float (&d)[sizeof...(I)], wgmma::ScaleOut scale,
+                                   std::index_sequence<I...>) {
+  Op::fma(a, b, d[I]..., scale);
+}
+template <int KEYS>
+__device__ __forceinline__ void qk_issue_ss(float (&s)[KEYS / 2], uint32_t q_tile, uint32_t k_tile) {
+  using Op = decltype(cute::SM90::GMMA::ss_op_selector<cute::bfloat16_t, cute::bfloat16_t, float,
+                                                       cute::Shape<cute::_64, cute::Int<KEYS>, cute::_16>>());
+  const uint64_t q_desc = wgmma::k_major_tile(q_tile), k_desc = wgmma::k_major_tile(k_tile);
+  cute::warpgroup_arrive();
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk)
+    ss<Op>(wgmma::k_major<64 * 128>(q_desc, kk), wgmma::k_major<KEYS * 128>(k_desc, kk), s,
+           kk == 0 ? wgmma::ScaleOut::Zero : wgmma::ScaleOut::One, std::make_index_sequence<KEYS / 2>{});
+  cute::warpgroup_commit_batch();
+}
+
 // What runs between Q K^T and P V: nothing, a bare softmax (one running maximum per thread, no mask, no rescale
 // of o), or the kernel's own (BlockRows: two rows per thread, quad reductions, the scale, the rescale of o,
 // which a steady maximum skips as in the kernel), on tiles without or with the token mask.
@@ -55,7 +75,8 @@ constexpr const char* kSoftmaxName[] = {"no", "bare", "the kernel's", "the kerne
 // kIdleProducer a last warpgroup gives its registers back (setmaxnreg to 24) and leaves, and the three
 // consumers take 160 each, as a CTA of three consumers and a producer would split them.
 constexpr int kIdleProducerRegisters = 24, kConsumerBesideProducerRegisters = 160;
-template <int KEYS, Softmax kSoftmax, Turns kTurns, int WARPGROUPS, bool kIdleProducer>
+// kQInSmem: each consumer's Q tile (64 x 128, after K and V) is read by an SS Q K^T instead of registers.
+template <int KEYS, Softmax kSoftmax, Turns kTurns, int WARPGROUPS, bool kIdleProducer, bool kQInSmem>
 __global__ void __launch_bounds__(128 * (WARPGROUPS + kIdleProducer), 1)
     consumer_rate(int iterations, long long* cycles, float* sink) {
 #if MINFER_WGMMA
@@ -63,7 +84,8 @@ __global__ void __launch_bounds__(128 * (WARPGROUPS + kIdleProducer), 1)
   constexpr int kLogits = KEYS / 2;  // accumulator floats per thread of an m64 x KEYS product
   const uint32_t k_tile = smem_addr(smem), v_tile = k_tile + kTileBytes<KEYS>;
   // bf16 values in [-1, 1): the power the tensor cores draw depends on the data, and the cap sets the clock
-  for (int i = threadIdx.x; i < 2 * kTileBytes<KEYS> / int(sizeof(T)); i += blockDim.x)
+  constexpr int kFilled = 2 * kTileBytes<KEYS> + (kQInSmem ? WARPGROUPS * kTileBytes<64> : 0);
+  for (int i = threadIdx.x; i < kFilled / int(sizeof(T)); i += blockDim.x)
     reinterpret_cast<T*>(smem)[i] = __float2bfloat16(float((i * 2654435761u) >> 16) / 32768.0f - 1.0f);
   wgmma::fence_async_shared();
   __syncthreads();
@@ -76,8 +98,9 @@ __global__ void __launch_bounds__(128 * (WARPGROUPS + kIdleProducer), 1)
     cutlass::arch::warpgroup_reg_alloc<kConsumerBesideProducerRegisters>();
   }
 
-  uint32_t qa[kD / 16][4];
-  for (int kk = 0; kk < kD / 16; ++kk)
+  const uint32_t q_tile = v_tile + kTileBytes<KEYS> + (threadIdx.x / 128) * kTileBytes<64>;  // kQInSmem only
+  uint32_t qa[kQInSmem ? 1 : kD / 16][4];
+  for (int kk = 0; kk < (kQInSmem ? 0 : kD / 16); ++kk)
     for (int r = 0; r < 4; ++r) qa[kk][r] = MmaType<T>::pack(0.01f * (threadIdx.x + kk), 0.02f * r);
   float s[kLogits];
   uint32_t pa[KEYS / 16][4];
@@ -110,7 +133,10 @@ __global__ void __launch_bounds__(128 * (WARPGROUPS + kIdleProducer), 1)
     if constexpr (kTurns == Turns::kQk) {
       if (w == 1 || it > 0) turn_wait(w);
     }
-    if constexpr (kTurns != Turns::kBurst) {
+    if constexpr (kQInSmem) {
+      qk_issue_ss<KEYS>(s, q_tile, k_tile);
+      wgmma::wait<0>(s);
+    } else if constexpr (kTurns != Turns::kBurst) {
       wgmma::qk_issue<T, kD, KEYS>(s, qa, k_tile);
       wgmma::wait<0>(s);
     }
@@ -160,10 +186,11 @@ struct Result {
   double flops_per_sm_cycle, tflops, mhz;
 };
 
-template <int KEYS, Softmax kSoftmax, Turns kTurns, int WARPGROUPS, bool kIdleProducer>
+template <int KEYS, Softmax kSoftmax, Turns kTurns, int WARPGROUPS, bool kIdleProducer, bool kQInSmem>
 Result run(int sms, int warpgroups, int iterations) {
-  const int smem = 2 * kTileBytes<KEYS>, threads = 128 * (warpgroups + kIdleProducer);
-  auto kernel = consumer_rate<KEYS, kSoftmax, kTurns, WARPGROUPS, kIdleProducer>;
+  const int smem = 2 * kTileBytes<KEYS> + (kQInSmem ? WARPGROUPS * kTileBytes<64> : 0);
+  const int threads = 128 * (warpgroups + kIdleProducer);
+  auto kernel = consumer_rate<KEYS, kSoftmax, kTurns, WARPGROUPS, kIdleProducer, kQInSmem>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   long long* cycles;
   float* sink;
@@ -195,12 +222,14 @@ Result run(int sms, int warpgroups, int iterations) {
 
 // warpgroups consumers per SM, the kernel compiled for up to kMaxWarpgroups of them (two: 255 registers each;
 // three: 168 each, or 160 beside an idle producer)
-template <int KEYS, Softmax kSoftmax, Turns kTurns = Turns::kFree, int kMaxWarpgroups = 2, bool kIdleProducer = false>
+template <int KEYS, Softmax kSoftmax, Turns kTurns = Turns::kFree, int kMaxWarpgroups = 2, bool kIdleProducer = false,
+          bool kQInSmem = false>
 void report(int sms, int warpgroups, int iterations) {
-  const Result r = run<KEYS, kSoftmax, kTurns, kMaxWarpgroups, kIdleProducer>(sms, warpgroups, iterations);
-  std::printf("| %d keys (Q K^T m64n%dk16) | %s | %d%s | %s | %.0f | %.0f | %.0f |\n", KEYS, KEYS,
-              kSoftmaxName[int(kSoftmax)], warpgroups, kIdleProducer ? " (160 registers, beside an idle producer)" : "",
-              kTurnsName[int(kTurns)], r.flops_per_sm_cycle, r.tflops, r.mhz);
+  const Result r = run<KEYS, kSoftmax, kTurns, kMaxWarpgroups, kIdleProducer, kQInSmem>(sms, warpgroups, iterations);
+  std::printf("| %d keys (Q K^T m64n%dk16%s) | %s | %d%s | %s | %.0f | %.0f | %.0f |\n", KEYS, KEYS,
+              kQInSmem ? ", Q from shared memory" : "", kSoftmaxName[int(kSoftmax)], warpgroups,
+              kIdleProducer ? " (160 registers, beside an idle producer)" : "", kTurnsName[int(kTurns)],
+              r.flops_per_sm_cycle, r.tflops, r.mhz);
 }
 
 }  // namespace
@@ -232,6 +261,8 @@ int main() {
   report<64, Softmax::kBare, Turns::kFree, 3>(sms, 3, iterations);
   report<64, Softmax::kKernel, Turns::kFree, 3>(sms, 3, iterations);
   report<64, Softmax::kKernel, Turns::kFree, 3, true>(sms, 3, iterations);
+  report<64, Softmax::kKernel, Turns::kFree, 2, false, true>(sms, 2, iterations);
+  report<64, Softmax::kKernel, Turns::kFree, 3, true, true>(sms, 3, iterations);
   report<64, Softmax::kBare, Turns::kQk>(sms, 2, iterations);
   report<64, Softmax::kBare, Turns::kBurst>(sms, 2, iterations);
   report<128, Softmax::kBare, Turns::kQk>(sms, 2, iterations);
