@@ -200,15 +200,11 @@ __device__ __forceinline__ void consume(const LaunchParams& p, char* smem, int h
   const auto compute = [&](auto tile_count, const int (&held)[2], const TileDesc (&tile)[2]) {
     constexpr int N = decltype(tile_count)::value;
     const int* tile_keys[2] = {keys + held[0] * kBlock, keys + held[1] * kBlock};
+    // one Q K^T over the N * 64 keys of stages held[0].. (adjacent in the K ring): tile t's logits in s[t]
+    float(&logits)[N * 32] = reinterpret_cast<float(&)[N * 32]>(s);
     wgmma::fence_async_shared();
-    if constexpr (N == 2) {  // stages held[0] and held[0] + 1: one 128-key Q K^T, its logits 64..127 in s[1]
-      float(&both)[2 * 32] = reinterpret_cast<float(&)[2 * 32]>(s);
-      wgmma::qk_issue<T, D, 2 * kBlock, kKRingStride>(both, qa, k_stage(k_tiles, held[0]));
-      wgmma::wait<0>(both);
-    } else {
-      wgmma::qk_issue<T, D, kBlock, kKRingStride>(s[0], qa, k_stage(k_tiles, held[0]));
-      wgmma::wait<0>(s[0]);
-    }
+    wgmma::qk_issue<T, D, N * kBlock, kKRingStride>(logits, qa, k_stage(k_tiles, held[0]));
+    wgmma::wait<0>(logits);
     rows.template softmax_tiles<N>(s, alpha, tile, tile_keys, half, hp, seq, p.scale_log2);
     rows.rescale(alpha);
 #pragma unroll
