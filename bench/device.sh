@@ -72,7 +72,7 @@ if has variants; then
   python bench/bench_kernels.py ${BENCH_ARGS:-} "${compare[@]}" --out "$OUT/variants.md" 2>&1 | tee "$OUT/variants.log" | grep "^|"
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
-if has wgmma; then  # 64- against 128-key tiles, one or two consumers, with and without the softmax and turns
+if has wgmma; then  # 64- against 128-key tiles, one to three consumers, softmax or none, turns, Q in registers or not
   build/wgmma_rate | tee "$OUT/wgmma_rate.md"
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi

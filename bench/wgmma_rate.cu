@@ -54,13 +54,13 @@ __device__ __forceinline__ void ss(uint64_t a, uint64_t b, float (&d)[sizeof...(
 }
 template <int KEYS>
 __device__ __forceinline__ void qk_issue_ss(float (&s)[KEYS / 2], uint32_t q_tile, uint32_t k_tile) {
-  using Op = decltype(cute::SM90::GMMA::ss_op_selector<cute::bfloat16_t, cute::bfloat16_t, float,
+  using Op = decltype(cute::SM90::GMMA::ss_op_selector<wgmma::CuteElement<T>, wgmma::CuteElement<T>, float,
                                                        cute::Shape<cute::_64, cute::Int<KEYS>, cute::_16>>());
   const uint64_t q_desc = wgmma::k_major_tile(q_tile), k_desc = wgmma::k_major_tile(k_tile);
   cute::warpgroup_arrive();
 #pragma unroll
   for (int kk = 0; kk < kD / 16; ++kk)
-    ss<Op>(wgmma::k_major<64 * 128>(q_desc, kk), wgmma::k_major<KEYS * 128>(k_desc, kk), s,
+    ss<Op>(wgmma::k_major<Tile<kD>::kColumnBlockBytes>(q_desc, kk), wgmma::k_major<KEYS * 128>(k_desc, kk), s,
            kk == 0 ? wgmma::ScaleOut::Zero : wgmma::ScaleOut::One, std::make_index_sequence<KEYS / 2>{});
   cute::warpgroup_commit_batch();
 }
