@@ -160,7 +160,12 @@ __global__ void __launch_bounds__(128 * (WARPGROUPS + kIdleProducer), 1)
       row_sum *= rescale;
     }
 #pragma unroll
-    for (int t = 0; t < kTiles; ++t) p_fragments<T>(tile_pa[t], tile_logits[t]);
+    for (int t = 0; t < kTiles; ++t) {  // P packed over a copy: over the accumulators themselves, without a
+      float logits[32];                 // softmax between, ptxas serialised the wgmma (C7511)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) logits[i] = tile_logits[t][i];
+      p_fragments<T>(tile_pa[t], logits);
+    }
     if constexpr (kTurns == Turns::kBurst) {  // this tile's P V and the next one's Q K^T in one turn
       turn_wait(w);
       wgmma::pv_issue<T, kD, KEYS>(rows.o, pa, v_tile);

@@ -1,9 +1,8 @@
 """The sm_90a attention kernel's stage protocol, as bench/stage_protocol_model.py models it (CPU only).
 
 The model is the design check of produce/consume in trt_plugins/kernels/attention.cu: it must pass on random
-schedules, with pairs of tiles (head_dim 128) and without (64), and its mutations (a consumer giving a stage
-back before its P V; one pairing the ring's last stage with its first; one keeping the other block's tiles)
-must be caught, so the checks themselves are known to fire.
+schedules of three consumers, and its mutations (a consumer giving a stage back before its P V; one keeping
+the other blocks' tiles) must be caught, so the checks themselves are known to fire.
 """
 
 import importlib.util
@@ -22,15 +21,8 @@ def model():
     return module
 
 
-@pytest.mark.parametrize("pairs", [True, False])
-def test_protocol_holds_on_random_schedules(model, pairs):
-    assert model.first_failure(2000, None, pairs) is None
-
-
-def test_pairing_across_the_ring_end_is_caught(model):
-    failure = model.first_failure(2000, "wrap")
-    assert failure is not None, "--mutation wrap went unnoticed"
-    assert "not adjacent" in failure[1]
+def test_protocol_holds_on_random_schedules(model):
+    assert model.first_failure(2000) is None
 
 
 def test_early_release_is_caught(model):

@@ -1,12 +1,13 @@
 // The sparse attention forward: all heads of the layer in one launch, FlashAttention-2 style (online softmax in
-// fp32 over 64-key tiles) over the tiles PairSchedule yields for a pair of query blocks per CTA, a chunk both
-// blocks hold loaded once. Two bodies:
-// - sm_90a: a consumer warpgroup per block (Q in registers, Q K^T and P V as Hopper wgmma, at head_dim 128 two
-//   of its tiles at once as one 128-key tile where they come in adjacent stages) and a producer warpgroup
-//   that runs the pair's tile schedule and the loads (chunk tiles by TMA, gathered columns by cp.async); they
-//   hand tiles over through a ring of six shared-memory stages with full/empty mbarriers (FlashAttention-3's
-//   warp specialisation), each consumer skipping the other block's tiles, so neither waits for the other;
-// - elsewhere (sm_80): one warpgroup for both blocks, cp.async, mma.sync, one barrier per tile.
+// fp32 over 64-key tiles) over the tiles ItemSchedule yields for a work item of consecutive query blocks per
+// CTA, a chunk several blocks hold loaded once. Two bodies:
+// - sm_90a: three query blocks per item, a consumer warpgroup per block (Q in registers, Q K^T and P V as
+//   Hopper wgmma) and a producer warpgroup that runs the item's tile schedule and the loads (chunk tiles by
+//   TMA, gathered columns by cp.async); they hand tiles over through a ring of six shared-memory stages with
+//   full/empty mbarriers (FlashAttention-3's warp specialisation), each consumer skipping the other blocks'
+//   tiles, so none waits for another;
+// - elsewhere (sm_80): two query blocks per item, one warpgroup for both, cp.async, mma.sync, one barrier per
+//   tile.
 // The launch reads the body's thread count back from the loaded binary (docs/kernels.md).
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -30,6 +31,10 @@
 namespace minfer {
 namespace {
 
+// Query blocks per work item: one per consumer warpgroup on sm_90a, two in the sm_80 body's one warpgroup. The
+// host tells the two bodies apart by their thread counts (AttentionBody).
+constexpr int kPipeBlocks = 3, kPairBlocks = 2;
+
 // sm_80 body: each warp keeps 16 rows of both query blocks, so Q stays in shared memory and is read per k-step.
 template <int D>
 struct PairSmem {
@@ -37,45 +42,47 @@ struct PairSmem {
   static constexpr int kV = kK + 2 * Tile<D>::kBytes;     // two stages
   static constexpr int kQ = kV + 2 * Tile<D>::kBytes;     // the pair's two query blocks
   static constexpr int kKeys = kQ + 2 * Tile<D>::kBytes;  // int[2][64]
-  static constexpr int kSource = kKeys + 2 * kBlock * 4;  // PairSource
-  static constexpr int kBytes = kSource + int(sizeof(PairSource));
+  static constexpr int kSource = kKeys + 2 * kBlock * 4;  // ItemSource<kPairBlocks>
+  static constexpr int kBytes = kSource + int(sizeof(ItemSource<kPairBlocks>));
 };
 
 // sm_90a body: a tile stays in its stage (K, V, gathered keys, TileDesc) until the P V of each block that
-// computes it is done, and the producer fills the next stages meanwhile, so either block can run up to five
-// tiles ahead of the other.
+// computes it is done, and the producer fills the next stages meanwhile, so any block can run up to five
+// tiles ahead of another.
 constexpr int kStages = 6;
-// Chunk starts the sm_90a producer reads ahead per block (PairSchedule), and so minfer_debug_tiles, which
+// Chunk starts the sm_90a producer reads ahead per block (ItemSchedule), and so minfer_debug_tiles, which
 // must walk the same code.
 constexpr int kLagsAhead = 4;
 template <int D>
 struct PipeSmem {
-  static constexpr int kK = 0;                                  // [kStages] tiles, as kKRingStride says
+  static constexpr int kK = 0;                                  // [kStages] tiles
   static constexpr int kV = kK + kStages * Tile<D>::kBytes;     // [kStages] tiles
   static constexpr int kKeys = kV + kStages * Tile<D>::kBytes;  // int[kStages][64]
   static constexpr int kTiles = kKeys + kStages * kBlock * 4;   // TileDesc[kStages]
   static constexpr int kFull = kTiles + kStages * 8;            // mbarrier[kStages]: the producer filled it
-  static constexpr int kEmpty = kFull + kStages * 8;            // mbarrier[kStages]: both consumers are done with it
-  static constexpr int kSource = kEmpty + kStages * 8;          // PairSource
-  static constexpr int kBytes = kSource + int(sizeof(PairSource));
+  static constexpr int kEmpty = kFull + kStages * 8;            // mbarrier[kStages]: every consumer is done with it
+  static constexpr int kSource = kEmpty + kStages * 8;          // ItemSource<kPipeBlocks>
+  static constexpr int kBytes = kSource + int(sizeof(ItemSource<kPipeBlocks>));
 };
 
-// Threads of the attention CTA: two consumer warpgroups and a producer on sm_90a (1 CTA per SM), one warpgroup
-// elsewhere (2 CTAs per SM). The host reads the count back from the loaded binary
+// Threads of the attention CTA: three consumer warpgroups and a producer on sm_90a (1 CTA per SM), one
+// warpgroup elsewhere (2 CTAs per SM). The host reads the count back from the loaded binary
 // (cudaFuncAttributes::maxThreadsPerBlock), so launch and body agree.
+constexpr int kPipeThreads = (kPipeBlocks + 1) * kThreads;
 #if MINFER_WGMMA
-constexpr int kAttentionThreads = 3 * kThreads, kAttentionCtasPerSm = 1;
+constexpr int kItemBlocks = kPipeBlocks, kAttentionThreads = kPipeThreads, kAttentionCtasPerSm = 1;
 #else
-constexpr int kAttentionThreads = kThreads, kAttentionCtasPerSm = 2;
+constexpr int kItemBlocks = kPairBlocks, kAttentionThreads = kThreads, kAttentionCtasPerSm = 2;
 #endif
 
-// Registers per thread after setmaxnreg: a consumer holds Q (32), o (D / 2), a tile's logits (32) and its P
-// (16); the producer only addresses. setmaxnreg moves registers between the warpgroups of the CTA,
-// so the launch must allocate their sum: 168 per thread of 384 (the host checks the binary's count, since a
-// consumer asking for more than the CTA holds would wait forever).
-constexpr int kConsumerRegisters = 224, kProducerRegisters = 56;
-constexpr int kLaunchRegisters = (2 * kConsumerRegisters + kProducerRegisters) / 3;
-static_assert(kLaunchRegisters * 3 * kThreads <= 65536, "1 CTA per SM");
+// Registers per thread after setmaxnreg: a consumer holds Q (D / 4), o (D / 2), a tile's logits (32) and its P
+// (16); the producer its schedule and addresses. setmaxnreg moves registers between the warpgroups of the CTA,
+// so the launch must allocate their sum: 128 per thread of 512 (the host checks the binary's count, since a
+// consumer asking for more than the CTA holds would wait forever). Three consumers at 160 reach 1.31x the
+// tensor rate of two at 224 (bench/wgmma_rate.cu).
+constexpr int kConsumerRegisters = 160, kProducerRegisters = 32;
+constexpr int kLaunchRegisters = (kPipeBlocks * kConsumerRegisters + kProducerRegisters) / (kPipeBlocks + 1);
+static_assert(kLaunchRegisters * kPipeThreads <= 65536, "1 CTA per SM");
 
 // TMA descriptors of K and V as [batch * KV heads, S, D] (rows outside [0, S) of a head read as zeros), boxes of
 // 64 rows by 64 columns with the 128-byte swizzle: one box is one column block of a Tile. The sm_90a producer
@@ -98,14 +105,6 @@ __device__ __forceinline__ void load_kv(uint32_t k_tile, uint32_t v_tile, const 
 }
 
 #if MINFER_WGMMA
-// The K ring keeps each 64-column block of all its stages together ([D / 64][kStages][64 rows x 128 bytes]),
-// so the K rows of stages s and s + 1 are one 128-row K-major operand: a consumer holding two of its tiles in
-// adjacent stages runs their Q K^T as m64n128k16 (half the wgmma of two m64n64k16). V keeps whole tiles.
-constexpr int kKRingStride = kStages * Tile<64>::kColumnBlockBytes;  // bytes between a K stage's column blocks
-__device__ __forceinline__ uint32_t k_stage(uint32_t k_ring, int stage) {
-  return k_ring + stage * Tile<64>::kColumnBlockBytes;
-}
-
 // The warp's query rows as wgmma A fragments, straight from global memory (rows past S read as 0): the
 // m16n8k16 A layout, a[i] = rows g + 8 (i & 1), columns 16kk + 2t + 8 (i >> 1) and the next one.
 template <typename T, int D>
@@ -120,13 +119,13 @@ __device__ __forceinline__ void load_q_registers(uint32_t (&qa)[D / 16][4], cons
     }
 }
 
-// The producer warpgroup: the pair's tiles in order, each into the next free stage, then a tile without uses
+// The producer warpgroup: the item's tiles in order, each into the next free stage, then a tile without uses
 // to say there are no more. Every producer thread arrives twice on the stage's full barrier: once when its
 // cp.async copies have landed (at once for a TMA tile, where it issued none), once (release) after its stores of
 // the keys and the TileDesc. A TMA tile's bytes are announced by thread 0 (expect-tx) and complete the phase too.
 template <typename T, int D>
-__device__ __forceinline__ void produce(PairSource& source, char* smem, const KvMaps& maps, int map_head,
-                                        const T* k_head, const T* v_head, int seq) {
+__device__ __forceinline__ void produce(ItemSource<kPipeBlocks>& source, char* smem, const KvMaps& maps,
+                                        int map_head, const T* k_head, const T* v_head, int seq) {
   using S = PipeSmem<D>;
   using Barrier = cutlass::arch::ClusterBarrier;
   constexpr int kTile = Tile<D>::kBytes;
@@ -136,25 +135,24 @@ __device__ __forceinline__ void produce(PairSource& source, char* smem, const Kv
   auto* full = reinterpret_cast<uint64_t*>(smem + S::kFull);
   auto* empty = reinterpret_cast<uint64_t*>(smem + S::kEmpty);
   const ProducerGroup group;
-  PairSchedule<kLagsAhead> schedule(source);
+  ItemSchedule<kPipeBlocks, kLagsAhead> schedule(source);
   for (int stage = 0, phase = 0;;) {
     Barrier::wait(empty + stage, phase ^ 1);  // the first round passes at once
     int* stage_keys = keys + stage * kBlock;
     const TileDesc tile = schedule.next(source, seq, stage_keys, group);
     if (group.tid() == 0) tiles[stage] = tile;
     if (tile.uses && tile.start == kGathered) {  // gathered rows: cp.async by every producer thread
-      load_rows<T, D, kKRingStride>(k_stage(k_tiles, stage), k_head, stage_keys, seq);
+      load_rows<T, D>(k_tiles + stage * kTile, k_head, stage_keys, seq);
       load_rows<T, D>(v_tiles + stage * kTile, v_head, stage_keys, seq);
     } else if (tile.uses && group.tid() == 0) {  // 64 consecutive rows: TMA boxes, counted in the full barrier
       cutlass::arch::ClusterTransactionBarrier::expect_transaction(full + stage, 2 * kTile);
       constexpr uint64_t kHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
 #pragma unroll
       for (int c = 0; c < D / 64; ++c) {
-        const uint32_t k_offset = k_stage(0, stage) + c * kKRingStride;
-        const uint32_t v_offset = stage * kTile + c * Tile<D>::kColumnBlockBytes;
-        cute::SM90_TMA_LOAD_3D::copy(&maps.k, full + stage, kHint, smem + S::kK + k_offset, 64 * c, tile.start,
+        const int offset = stage * kTile + c * Tile<D>::kColumnBlockBytes;
+        cute::SM90_TMA_LOAD_3D::copy(&maps.k, full + stage, kHint, smem + S::kK + offset, 64 * c, tile.start,
                                      map_head);
-        cute::SM90_TMA_LOAD_3D::copy(&maps.v, full + stage, kHint, smem + S::kV + v_offset, 64 * c, tile.start,
+        cute::SM90_TMA_LOAD_3D::copy(&maps.v, full + stage, kHint, smem + S::kV + offset, 64 * c, tile.start,
                                      map_head);
       }
     }
@@ -165,21 +163,19 @@ __device__ __forceinline__ void produce(PairSource& source, char* smem, const Kv
   }
 }
 
-// The consumer warpgroup of block `half` of the pair (query block m): where two tiles of this block come in
-// adjacent stages s, s + 1 (s + 1 < kStages, so their K rows are one 128-row operand in the K ring), both at
-// once as one 128-key tile (one m64n128k16 Q K^T, one softmax and one rescale of o over the 128 logits, both
-// P V), then both stages go back; otherwise one tile; tiles of the other block go straight back. Looking only
-// one stage ahead, the consumer never waits for a stage the producer could fill only with the one it holds
-// (bench/stage_protocol_model.py models the protocol with pairs and without).
+// The consumer warpgroup of block `block` of the item (query block m): its tiles one at a time (Q K^T,
+// softmax, rescale, P V), every stage given back once its P V is done or at once if another block's. One
+// 64-key tile at a time: two tiles' logits (64 more registers) do not fit beside three consumers
+// (bench/stage_protocol_model.py models the protocol).
 template <typename T, int D>
-__device__ __forceinline__ void consume(const LaunchParams& p, char* smem, int h, int m, int half, const T* q_head,
+__device__ __forceinline__ void consume(const LaunchParams& p, char* smem, int h, int m, int block, const T* q_head,
                                         T* out_head) {
   using S = PipeSmem<D>;
   using Barrier = cutlass::arch::ClusterBarrier;
   constexpr int kTile = Tile<D>::kBytes;
   const HeadParams& hp = p.heads[h];
   const int seq = int(p.seq_len);  // S <= 2^30
-  const int start = m * kBlock, mine = kUsesFirst << half;
+  const int start = m * kBlock, mine = kUsesFirst << block;
   const uint32_t k_tiles = smem_addr(smem + S::kK), v_tiles = smem_addr(smem + S::kV);
   const int* keys = reinterpret_cast<const int*>(smem + S::kKeys);
   const TileDesc* tiles = reinterpret_cast<const TileDesc*>(smem + S::kTiles);
@@ -190,95 +186,63 @@ __device__ __forceinline__ void consume(const LaunchParams& p, char* smem, int h
   load_q_registers<T, D>(qa, q_head, start, seq);
   BlockRows<D> rows;
   rows.init(start);
-  float s[2][32], alpha[2];
-  uint32_t pa[2][4][4];  // P of each tile, as P V's A operand
-  int stage = 0, phase = 0;
-  const auto next_stage = [&] {
-    if (++stage == kStages) stage = 0, phase ^= 1;
-  };
-  // Q K^T, softmax, rescale and P V of the N tiles in stages held[0..N), then those stages go back
-  const auto compute = [&](auto tile_count, const int (&held)[2], const TileDesc (&tile)[2]) {
-    constexpr int N = decltype(tile_count)::value;
-    const int* tile_keys[2] = {keys + held[0] * kBlock, keys + held[1] * kBlock};
-    // one Q K^T over the N * 64 keys of stages held[0].. (adjacent in the K ring): tile t's logits in s[t]
-    float(&logits)[N * 32] = reinterpret_cast<float(&)[N * 32]>(s);
-    wgmma::fence_async_shared();
-    wgmma::qk_issue<T, D, N * kBlock, kKRingStride>(logits, qa, k_stage(k_tiles, held[0]));
-    wgmma::wait<0>(logits);
-    rows.template softmax_tiles<N>(s, alpha, tile, tile_keys, half, hp, seq, p.scale_log2);
-    rows.rescale(alpha);
-#pragma unroll
-    for (int t = 0; t < N; ++t) p_fragments<T>(pa[t], s[t]);
-#pragma unroll
-    for (int t = 0; t < N; ++t) wgmma::pv_issue<T, D>(rows.o, pa[t], v_tiles + held[t] * kTile);
-    wgmma::wait<0>(rows.o);
-#pragma unroll
-    for (int t = 0; t < N; ++t) Barrier::arrive(empty + held[t]);
-  };
-  for (;;) {
+  for (int stage = 0, phase = 0;;) {
     Barrier::wait(full + stage, phase);
-    TileDesc tile[2] = {tiles[stage], {0, 0}};
-    if (!tile[0].uses) break;
-    if (!(tile[0].uses & mine)) {
-      Barrier::arrive(empty + stage);
-      next_stage();
-      continue;
+    const TileDesc tile = tiles[stage];
+    if (!tile.uses) break;
+    if (tile.uses & mine) {
+      const int* tile_keys = keys + stage * kBlock;
+      float s[1][32], alpha[2];
+      uint32_t pa[4][4];  // P as P V's A operand
+      wgmma::fence_async_shared();
+      wgmma::qk_issue<T, D>(s[0], qa, k_tiles + stage * kTile);
+      wgmma::wait<0>(s[0]);
+      rows.template softmax_tiles<1>(s, alpha, &tile, &tile_keys, block, hp, seq, p.scale_log2);
+      rows.rescale(alpha);
+      p_fragments<T>(pa, s[0]);
+      wgmma::pv_issue<T, D>(rows.o, pa, v_tiles + stage * kTile);
+      wgmma::wait<0>(rows.o);
     }
-    int held[2] = {stage, stage};
-    next_stage();
-    // a second tile of this block in the next stage, its K rows right after the first's; at D = 64 ptxas
-    // serialises the wgmma of the 128-key tile (C7511), so tiles go one at a time there
-    if (D == 128 && stage != 0) {
-      Barrier::wait(full + stage, phase);
-      tile[1] = tiles[stage];
-      if (tile[1].uses & mine) {
-        held[1] = stage;
-        next_stage();
-      } else {
-        tile[1].uses = 0;  // the other block's tile or the end: the loop above meets it next
-      }
-    }
-    if (tile[1].uses)
-      compute(std::integral_constant<int, 2>{}, held, tile);
-    else
-      compute(std::integral_constant<int, 1>{}, held, tile);
+    Barrier::arrive(empty + stage);
+    if (++stage == kStages) stage = 0, phase ^= 1;
   }
   rows.store(out_head, seq);
 }
 
-// Query blocks m0 and m1 (m1 < 0: none): warpgroups 0 and 1 consume, one block each, warpgroup 2 produces.
+// The item's `count` query blocks from m0: warpgroups 0 .. kPipeBlocks - 1 consume, one block each, the last
+// produces.
 template <typename T, int D>
-__device__ __forceinline__ void attend_pair(const LaunchParams& p, const KvMaps& maps, char* smem, const char* ws,
-                                            int b, int h, int m0, int m1, const T* q_head, const T* k_head,
+__device__ __forceinline__ void attend_item(const LaunchParams& p, const KvMaps& maps, char* smem, const char* ws,
+                                            int b, int h, int m0, int count, const T* q_head, const T* k_head,
                                             const T* v_head, T* out_head) {
   using S = PipeSmem<D>;
-  PairSource& source = *reinterpret_cast<PairSource*>(smem + S::kSource);
+  auto& source = *reinterpret_cast<ItemSource<kPipeBlocks>*>(smem + S::kSource);
   if (threadIdx.x == 0) {
-    source.init(p, ws, b, h, m0, m1);
+    source.init(p, ws, b, h, m0, count);
     for (int i = 0; i < kStages; ++i) {
       cutlass::arch::ClusterBarrier::init(reinterpret_cast<uint64_t*>(smem + S::kFull) + i, 2 * kThreads);
-      cutlass::arch::ClusterBarrier::init(reinterpret_cast<uint64_t*>(smem + S::kEmpty) + i, 2 * kThreads);
+      cutlass::arch::ClusterBarrier::init(reinterpret_cast<uint64_t*>(smem + S::kEmpty) + i, kPipeBlocks * kThreads);
     }
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();
   // broadcast from lane 0, so ptxas sees the branch is the same in the whole warp (C7520 otherwise)
   const int warpgroup = __shfl_sync(0xffffffffu, int(threadIdx.x) / kThreads, 0);
-  if (warpgroup == 2) {
+  if (warpgroup == kPipeBlocks) {
     cutlass::arch::warpgroup_reg_dealloc<kProducerRegisters>();
     produce<T, D>(source, smem, maps, b * p.num_kv_heads + h / p.group, k_head, v_head, int(p.seq_len));
   } else {
-    // a missing second block still gives every stage back; its rows (from S on) are neither read nor written
+    // a missing block still gives every stage back; its rows (from S on) are neither read nor written
     cutlass::arch::warpgroup_reg_alloc<kConsumerRegisters>();
     consume<T, D>(p, smem, h, m0 + warpgroup, warpgroup, q_head, out_head);
   }
 }
 #else
-// Query blocks m0 and m1 (m1 < 0: none) as one pair, each tile computed for the blocks that hold it (by cp.async,
-// so the TMA descriptors go unread).
+// The item's `count` query blocks from m0 (one or two), each tile computed for the blocks that hold it (by
+// cp.async, so the TMA descriptors go unread).
 template <typename T, int D>
-__device__ __forceinline__ void attend_pair(const LaunchParams& p, const KvMaps&, char* smem, const char* ws, int b,
-                                            int h, int m0, int m1, const T* q_head, const T* k_head,
+__device__ __forceinline__ void attend_item(const LaunchParams& p, const KvMaps&, char* smem, const char* ws, int b,
+                                            int h, int m0, int count, const T* q_head, const T* k_head,
                                             const T* v_head, T* out_head) {
   using S = PairSmem<D>;
   const HeadParams& hp = p.heads[h];
@@ -287,14 +251,14 @@ __device__ __forceinline__ void attend_pair(const LaunchParams& p, const KvMaps&
   const uint32_t k_tiles = smem_addr(smem + S::kK), v_tiles = smem_addr(smem + S::kV);
   const uint32_t q_tiles = smem_addr(smem + S::kQ);
   int* keys = reinterpret_cast<int*>(smem + S::kKeys);
-  PairSource& source = *reinterpret_cast<PairSource*>(smem + S::kSource);
+  auto& source = *reinterpret_cast<ItemSource<kPairBlocks>*>(smem + S::kSource);
 
   load_row_range<T, D>(q_tiles, q_head, start0, seq);
-  if (m1 >= 0) load_row_range<T, D>(q_tiles + Tile<D>::kBytes, q_head, start0 + kBlock, seq);
+  if (count > 1) load_row_range<T, D>(q_tiles + Tile<D>::kBytes, q_head, start0 + kBlock, seq);
   cp_async_commit();
-  if (threadIdx.x == 0) source.init(p, ws, b, h, m0, m1);
+  if (threadIdx.x == 0) source.init(p, ws, b, h, m0, count);
   __syncthreads();
-  PairSchedule<> schedule(source);
+  ItemSchedule<kPairBlocks> schedule(source);
   TileDesc tile = schedule.next(source, seq, keys);  // the first block has at least its diagonal chunk
   load_kv<T, D>(k_tiles, v_tiles, k_head, v_head, tile, keys, seq);
   cp_async_commit();
@@ -326,7 +290,7 @@ __device__ __forceinline__ void attend_pair(const LaunchParams& p, const KvMaps&
     tile = next;
   }
   block[0].store(out_head, seq);
-  if (m1 >= 0) block[1].store(out_head, seq);
+  if (count > 1) block[1].store(out_head, seq);
 }
 #endif
 
@@ -336,30 +300,30 @@ __global__ void __launch_bounds__(kAttentionThreads, kAttentionCtasPerSm)
                      const T* k, const T* v, T* out, const char* ws) {
   extern __shared__ __align__(1024) char smem[];  // wgmma's swizzle needs 1 KB aligned tiles
   int b, h, m0;
-  decode_work_item(p, blockIdx.x, b, h, m0);
+  decode_work_item(p, blockIdx.x, kItemBlocks, b, h, m0);
   const int64_t seq = p.seq_len, kvh = h / p.group;
   const T* q_head = q + (int64_t(b) * p.num_q_heads + h) * seq * D;
   const T* k_head = k + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
   const T* v_head = v + (int64_t(b) * p.num_kv_heads + kvh) * seq * D;
   T* out_head = out + (int64_t(b) * p.num_q_heads + h) * seq * D;
-  attend_pair<T, D>(p, maps, smem, ws, b, h, m0, second_block(p, m0), q_head, k_head, v_head, out_head);
+  attend_item<T, D>(p, maps, smem, ws, b, h, m0, item_block_count(p, m0, kItemBlocks), q_head, k_head, v_head,
+                    out_head);
 }
 
-// minfer_debug_tiles: the schedule of the block's work item (its pair), as the attention kernel runs it,
-// writing the keys of the tiles that block computes instead of computing them.
+// minfer_debug_tiles: the schedule of the block's work item, as the attention kernel built for the same
+// architecture runs it, writing the keys of the tiles that block computes instead of computing them.
 __global__ void __launch_bounds__(kThreads) debug_tiles_kernel(const __grid_constant__ LaunchParams p,
                                                                const char* ws, const int32_t* items,
                                                                int32_t max_tiles, int32_t* tile_keys,
                                                                int32_t* tile_counts) {
   __shared__ int keys[kBlock];
-  __shared__ PairSource source;
+  __shared__ ItemSource<kItemBlocks> source;
   const int64_t item = blockIdx.x;
   const int b = items[3 * item], h = items[3 * item + 1], m = items[3 * item + 2];
-  const int m0 = m & ~1, m1 = second_block(p, m0);
-  const int mine = m == m0 ? kUsesFirst : kUsesSecond;
-  if (threadIdx.x == 0) source.init(p, ws, b, h, m0, m1);
+  const int m0 = m - m % kItemBlocks, mine = kUsesFirst << (m - m0);
+  if (threadIdx.x == 0) source.init(p, ws, b, h, m0, item_block_count(p, m0, kItemBlocks));
   __syncthreads();
-  PairSchedule<kLagsAhead> schedule(source);
+  ItemSchedule<kItemBlocks, kLagsAhead> schedule(source);
   int count = 0;
   for (TileDesc tile; (tile = schedule.next(source, p.seq_len, keys)).uses != 0;) {
     if (!(tile.uses & mine)) continue;
@@ -371,9 +335,9 @@ __global__ void __launch_bounds__(kThreads) debug_tiles_kernel(const __grid_cons
   if (threadIdx.x == 0) tile_counts[item] = count;
 }
 
-// The loaded binary's body, told by its thread count: 3 warpgroups (sm_90a) or 1.
+// The loaded binary's body, told by its thread count: 4 warpgroups (sm_90a) or 1.
 struct AttentionBody {
-  int threads, smem;
+  int threads, smem, item_blocks;
 };
 
 template <typename T, int D>
@@ -381,10 +345,11 @@ cudaError_t attention_body(AttentionBody& body) {
   cudaFuncAttributes attributes;
   const cudaError_t err = cudaFuncGetAttributes(&attributes, attention_kernel<T, D>);
   if (err != cudaSuccess) return err;
-  const bool pipelined = attributes.maxThreadsPerBlock >= 3 * kThreads;
+  const bool pipelined = attributes.maxThreadsPerBlock >= kPipeThreads;
   // setmaxnreg redistributes the launch's registers: fewer than it assumes would hang the consumers
   if (pipelined && attributes.numRegs < kLaunchRegisters) return cudaErrorInvalidKernelImage;
-  body = {pipelined ? 3 * kThreads : kThreads, pipelined ? PipeSmem<D>::kBytes : PairSmem<D>::kBytes};
+  body = pipelined ? AttentionBody{kPipeThreads, PipeSmem<D>::kBytes, kPipeBlocks}
+                   : AttentionBody{kThreads, PairSmem<D>::kBytes, kPairBlocks};
   return cudaSuccess;
 }
 
@@ -419,12 +384,12 @@ cudaError_t launch_attention_typed(const LaunchParams& p, const void* q, const v
   cudaError_t err = attention_body<T, D>(body);
   if (err != cudaSuccess) return err;
   KvMaps maps{};
-  if (body.threads == 3 * kThreads &&
+  if (body.threads == kPipeThreads &&
       ((err = kv_map<T, D>(maps.k, k, p)) != cudaSuccess || (err = kv_map<T, D>(maps.v, v, p)) != cudaSuccess))
     return err;
   err = cudaFuncSetAttribute(attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, body.smem);
   if (err != cudaSuccess) return err;
-  const int64_t items = int64_t(work_items_per_head(p)) * p.batch * p.num_q_heads;
+  const int64_t items = int64_t(work_items_per_head(p, body.item_blocks)) * p.batch * p.num_q_heads;
   attention_kernel<T, D><<<dim3(unsigned(items)), body.threads, body.smem, stream>>>(
       p, maps, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(out), ws);
   return cudaGetLastError();

@@ -52,16 +52,16 @@ struct BlockRows {
     }
   }
 
-  // mask() where a tile needs it for this block (`half` of the pair), then the online softmax over the first N
+  // mask() where a tile needs it for this block (`block` of the work item), then the online softmax over the first N
   // tiles' logits together (one running maximum and one rescale of o for all of them): s becomes the
   // probabilities against the new maximum, alpha each row's factor for o (applied by rescale()).
   template <int N, int M>
   __device__ void softmax_tiles(float (&s)[M][32], float (&alpha)[2], const TileDesc* tile, const int* const* tile_keys,
-                                int half, const HeadParams& hp, int seq, float scale_log2) {
+                                int block, const HeadParams& hp, int seq, float scale_log2) {
     static_assert(N >= 1 && N <= M, "softmax over the first N of M tiles");
 #pragma unroll
     for (int t = 0; t < N; ++t) {
-      if (!(tile[t].uses & (kMaskFirst << half))) continue;
+      if (!(tile[t].uses & (kMaskFirst << block))) continue;
       if (tile[t].start == kGathered)
         mask(s[t], [&](int j) { return tile_keys[t][j]; }, hp, seq);
       else

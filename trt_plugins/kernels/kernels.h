@@ -18,7 +18,8 @@ cudaError_t launch_block_sparse_index(const LaunchParams& p, minfer_dtype dtype,
 cudaError_t launch_block_scores(const LaunchParams& p, int head_dim, const char* ws, float* scores,
                                 cudaStream_t stream);
 
-// A pair of query blocks per CTA; the block size and shared memory follow the loaded binary's body.
+// A work item of query blocks per CTA (three on sm_90a, two elsewhere); the block size, shared memory and item
+// size follow the loaded binary's body.
 cudaError_t launch_attention(const LaunchParams& p, minfer_dtype dtype, int head_dim, const void* q, const void* k,
                              const void* v, void* out, const char* ws, cudaStream_t stream);
 

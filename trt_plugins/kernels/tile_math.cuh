@@ -186,11 +186,23 @@ __device__ __forceinline__ void p_fragment(uint32_t (&a)[4], const float (&p)[32
   a[3] = MmaType<T>::pack(p[8 * kk + 6], p[8 * kk + 7]);
 }
 
-// All 4 key steps of P as A fragments (what a P V from registers reads).
+// All 4 key steps of P as A fragments (what a P V from registers reads), each first packed over the logits it
+// replaces (fragment kk in p[8kk..8kk+3], written once p[8kk..8kk+7] are read), so that ptxas gives P the
+// logits' registers: beside three consumers' Q and o, P in registers of its own spilled Q and serialised the
+// wgmma (C7512). p holds no logits afterwards.
 template <typename T>
-__device__ __forceinline__ void p_fragments(uint32_t (&a)[4][4], const float (&p)[32]) {
+__device__ __forceinline__ void p_fragments(uint32_t (&a)[4][4], float (&p)[32]) {
 #pragma unroll
-  for (int kk = 0; kk < 4; ++kk) p_fragment<T>(a[kk], p, kk);
+  for (int kk = 0; kk < 4; ++kk) {
+    uint32_t f[4];
+    p_fragment<T>(f, p, kk);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) p[8 * kk + i] = __uint_as_float(f[i]);
+  }
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) a[kk][i] = __float_as_uint(p[8 * kk + i]);
 }
 
 // o += P V for the warp's 16 rows (o in the same layout over D columns), V a 64 x D tile.

@@ -1,7 +1,7 @@
 // Which 64-key tiles a query block computes: the op's chunks, then (vertical-slash) its gathered
-// columns in groups of 64. The attention kernel runs two blocks' sources merged (PairSource), and
-// minfer_debug_tiles runs a PairSource of one block, so a test can compare the tiles each block
-// computes with the reference's HeadIndex.chunk_starts/block_columns.
+// columns in groups of 64. The attention kernel runs a work item's blocks' sources merged (ItemSource,
+// ItemSchedule), and minfer_debug_tiles walks the same item and keeps one block's tiles, so a test can compare
+// the tiles each block computes with the reference's HeadIndex.chunk_starts/block_columns.
 #pragma once
 
 #include <stdint.h>
@@ -12,8 +12,7 @@
 namespace minfer {
 
 // The threads that run a tile schedule together (the column gather synchronises them): the whole CTA, or on
-// sm_90a the producer warpgroup alone (the CTA's last, threads 256..383), on named barrier 1, so the consumers
-// never wait on it.
+// sm_90a the producer warpgroup alone (the CTA's last), on named barrier 1, so the consumers never wait on it.
 struct CtaGroup {
   __device__ int tid() const { return threadIdx.x; }
   __device__ void sync() const { __syncthreads(); }
@@ -23,7 +22,7 @@ struct ProducerGroup {
   __device__ void sync() const { asm volatile("bar.sync 1, %0;\n" ::"n"(kThreads) : "memory"); }
 };
 
-// What a query block's chunks are: PairSchedule copies it into every thread's registers, since read from the
+// What a query block's chunks are: ItemSchedule copies it into every thread's registers, since read from the
 // TileSource in shared memory it cost the sm_90a producer a chain of shared loads per tile (v13's profile).
 struct ChunkWalk {
   int kind, n_chunks;
@@ -55,8 +54,8 @@ struct ChunkWalk {
 };
 
 // One query block's tiles. Lives in shared memory: thread 0 initialises it, then it is read-only except for
-// the column gather, which the whole CTA runs together (next_columns synchronises). Chunks are walked by a
-// PairSchedule in every thread's registers, so a chunk tile costs no barrier and no shared-memory keys.
+// the column gather, which the whole CTA runs together (next_columns synchronises). Chunks are walked by an
+// ItemSchedule in every thread's registers, so a chunk tile costs no barrier and no shared-memory keys.
 struct TileSource {
   ChunkWalk walk;
   const int* cols;               // vertical_slash: selected columns
@@ -65,7 +64,7 @@ struct TileSource {
   int warp_count[2];
   int pending[128];
 
-  // thread 0 only; m < 0 gives a source without tiles (the missing second block of a pair)
+  // thread 0 only; m < 0 gives a source without tiles (a block missing from the head's last work item)
   __device__ void init(const LaunchParams& p, const char* ws, int b, int h, int m) {
     const HeadParams& hp = p.heads[h];
     int &kind = walk.kind, &n_chunks = walk.n_chunks;
@@ -152,44 +151,48 @@ struct TileSource {
   }
 };
 
-// The two consecutive query blocks of a pair (the second absent when the pair has one block).
-struct PairSource {
-  TileSource block[2];
+// The consecutive query blocks of a work item (kBlocks of them; the last item of a head may hold fewer).
+template <int kBlocks>
+struct ItemSource {
+  TileSource block[kBlocks];
 
-  // thread 0 only; m1 < 0 when the pair has one block
-  __device__ void init(const LaunchParams& p, const char* ws, int b, int h, int m0, int m1) {
-    block[0].init(p, ws, b, h, m0);
-    block[1].init(p, ws, b, h, m1);
+  // thread 0 only; blocks m0 + count.. are absent (sources without tiles)
+  __device__ void init(const LaunchParams& p, const char* ws, int b, int h, int m0, int count) {
+#pragma unroll
+    for (int i = 0; i < kBlocks; ++i) block[i].init(p, ws, b, h, i < count ? m0 + i : -1);
   }
 };
 
-// What PairSchedule::next says of a tile: which of the pair's blocks compute it, which of them mask it, and
-// its keys: 64 consecutive from `start`, or, for a column tile (start == kGathered), keys[] in shared memory.
-constexpr int kUsesFirst = 1, kUsesSecond = 2, kMaskFirst = 4, kMaskSecond = 8;
+// What ItemSchedule::next says of a tile: which of the item's blocks compute it (bit i of uses: block i), which
+// of them mask it (bit kMaskFirst << i), and its keys: 64 consecutive from `start`, or, for a column tile
+// (start == kGathered), keys[] in shared memory.
+constexpr int kMaxItemBlocks = 4;
+constexpr int kUsesFirst = 1, kMaskFirst = 1 << kMaxItemBlocks;
 constexpr int kGathered = INT32_MIN;
 struct TileDesc {
   int uses;  // 0: no tile left
   int start;
 };
 
-// The order a pair's tiles come in, each block's own tiles in its own order: first the chunks of both,
-// merged by first key so that a chunk both blocks hold is loaded once (block m + 1's lag c + 64 is block
-// m's lag c; dense and A-shape prefixes are shared outright), then the two blocks' gathered columns in turn,
-// so that on sm_90a neither block's consumer waits through the other's. Every thread holds the same cursor.
+// The order an item's tiles come in, each block's own tiles in its own order: first the chunks of all,
+// merged by first key so that a chunk several blocks hold is loaded once (block m + 1's lag c + 64 is block
+// m's lag c; dense and A-shape prefixes are shared outright), then the blocks' gathered columns in turn,
+// so that on sm_90a no block's consumer waits through another's. Every thread holds the same cursor.
 // Each block's next kAhead chunk starts are read ahead into registers: a vertical-slash or block-sparse start
 // is a load from the workspace, and with one in flight per block a producer that has fallen behind its
 // consumers waits out an L2 round trip per tile (kAhead = 1 on sm_80, whose registers are spent).
-template <int kAhead = 1>
-struct PairSchedule {
-  ChunkWalk walk[2];     // each block's chunks, in registers
-  int idx[2];            // each block's next chunk to read ahead
-  int ahead[2][kAhead];  // starts of each block's next kAhead chunks, kNoChunk past the last
-  int turn;              // the block whose column tile comes next
-  int columns_left;      // bit i: block i may still have column tiles
+template <int kBlocks, int kAhead = 1>
+struct ItemSchedule {
+  static_assert(kBlocks >= 1 && kBlocks <= kMaxItemBlocks, "uses and mask bits per block");
+  ChunkWalk walk[kBlocks];     // each block's chunks, in registers
+  int idx[kBlocks];            // each block's next chunk to read ahead
+  int ahead[kBlocks][kAhead];  // starts of each block's next kAhead chunks, kNoChunk past the last
+  int turn;                    // the first block that may give the next column tile
+  int columns_left;            // bit i: block i may still have column tiles
 
-  __device__ explicit PairSchedule(const PairSource& src) : turn(0), columns_left(3) {
+  __device__ explicit ItemSchedule(const ItemSource<kBlocks>& src) : turn(0), columns_left((1 << kBlocks) - 1) {
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
+    for (int i = 0; i < kBlocks; ++i) {
       walk[i] = src.block[i].walk;
       idx[i] = kAhead;
 #pragma unroll
@@ -199,12 +202,14 @@ struct PairSchedule {
 
   // Called by every thread of the group together (the column gather synchronises it).
   template <typename Group = CtaGroup>
-  __device__ TileDesc next(PairSource& src, int64_t seq_len, int* keys, Group group = {}) {
-    if (ahead[0][0] != ChunkWalk::kNoChunk || ahead[1][0] != ChunkWalk::kNoChunk) {
-      const int start = min(ahead[0][0], ahead[1][0]);
+  __device__ TileDesc next(ItemSource<kBlocks>& src, int64_t seq_len, int* keys, Group group = {}) {
+    int start = ahead[0][0];
+#pragma unroll
+    for (int i = 1; i < kBlocks; ++i) start = min(start, ahead[i][0]);
+    if (start != ChunkWalk::kNoChunk) {
       int uses = 0;
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
+      for (int i = 0; i < kBlocks; ++i) {
         if (ahead[i][0] != start) continue;
         uses |= (kUsesFirst << i) | (walk[i].chunk_needs_mask(start, int(seq_len)) ? kMaskFirst << i : 0);
 #pragma unroll
@@ -214,8 +219,9 @@ struct PairSchedule {
       return {uses, start};
     }
     while (columns_left) {
-      const int i = columns_left == 3 ? turn : columns_left >> 1;  // the one left, or the one whose turn it is
-      turn = i ^ 1;
+      int i = turn;  // the next block from `turn` on that may still have columns
+      while (!((columns_left >> i) & 1)) i = i + 1 == kBlocks ? 0 : i + 1;
+      turn = i + 1 == kBlocks ? 0 : i + 1;
       if (src.block[i].next_columns(keys, group)) return {(kUsesFirst | kMaskFirst) << i, kGathered};
       columns_left &= ~(1 << i);
     }
@@ -223,27 +229,30 @@ struct PairSchedule {
   }
 };
 
-// Work items per (batch, query head): its query blocks in pairs. The launch sizes the grid by it.
-__host__ __device__ __forceinline__ int work_items_per_head(const LaunchParams& p) { return (p.num_blocks + 1) / 2; }
+// Work items per (batch, query head): its query blocks in groups of `blocks`. The launch sizes the grid by it.
+__host__ __device__ __forceinline__ int work_items_per_head(const LaunchParams& p, int blocks) {
+  return (p.num_blocks + blocks - 1) / blocks;
+}
 
-// Work item x of the attention grid: query blocks first and first + 1 of one query head. KV head outermost,
-// then items from the last (the heaviest) to the first, then the batch and the query heads of the KV group: the
-// CTAs in flight then share one KV head and neighbouring query blocks, whose chunks overlap, so K/V tiles come
-// from L2. (Query block outermost left L2 hits at 9%, ncu, 128K i.i.d.)
-__device__ __forceinline__ void decode_work_item(const LaunchParams& p, int64_t x, int& b, int& h, int& first) {
-  const int items = work_items_per_head(p);
+// Work item x of the attention grid: query blocks first .. first + blocks - 1 of one query head. KV head
+// outermost, then items from the last (the heaviest) to the first, then the batch and the query heads of the KV
+// group: the CTAs in flight then share one KV head and neighbouring query blocks, whose chunks overlap, so K/V
+// tiles come from L2. (Query block outermost left L2 hits at 9%, ncu, 128K i.i.d.)
+__device__ __forceinline__ void decode_work_item(const LaunchParams& p, int64_t x, int blocks, int& b, int& h,
+                                                 int& first) {
+  const int items = work_items_per_head(p, blocks);
   const int64_t per_item = int64_t(p.batch) * p.group, per_kv_head = per_item * items;
   const int kvh = int(x / per_kv_head);
   const int64_t r = x % per_kv_head;
-  first = (items - 1 - int(r / per_item)) * 2;
+  first = (items - 1 - int(r / per_item)) * blocks;
   const int64_t rr = r % per_item;
   b = int(rr / p.group);
   h = kvh * p.group + int(rr % p.group);
 }
 
-// The second query block of the work item whose first block is m0, or -1 (m0 is the last block).
-__device__ __forceinline__ int second_block(const LaunchParams& p, int m0) {
-  return m0 + 1 < p.num_blocks ? m0 + 1 : -1;
+// How many query blocks the work item whose first block is m0 holds: `blocks`, fewer at the end of the head.
+__device__ __forceinline__ int item_block_count(const LaunchParams& p, int m0, int blocks) {
+  return min(blocks, int(p.num_blocks) - m0);
 }
 
 }  // namespace minfer
