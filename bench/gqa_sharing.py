@@ -1,7 +1,7 @@
 """How much K/V the query heads of a GQA group could share: the rows their tiles load, summed over a set of
 the group's heads (the whole group, or pairs), against the distinct rows among them, per query block. With
 --block-pairs: the tiles a pair of query blocks (2j, 2j + 1) of one head loads apart, against what it loads as
-the sm_90a kernel's pair (PairSchedule: a chunk both blocks hold, the same first key, once; columns per block),
+v15's pair on sm_90a (now ItemSchedule<2>: a chunk both blocks hold, the same first key, once; columns per block),
 and how many of the pair's tiles are gathered columns, the part that still loads by cp.async.
 
 The attention kernel loads 64 K and V rows per tile, per query head and block. Where the heads of a group
