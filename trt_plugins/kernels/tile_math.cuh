@@ -69,40 +69,39 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t add
                : "r"(addr));
 }
 
-// A 64 x D tile of 16-bit values in 64-column blocks of 64 rows x 128 bytes (8 KB each), kColumnStride bytes
-// apart (next to each other unless a ring keeps the same columns of all its stages together); within a block,
-// 16-byte chunk c of row r sits at chunk c ^ (r & 7), so the 8 rows an ldmatrix reads fall in different
-// banks. (It is also the 128-byte swizzle Hopper's wgmma reads from 1 KB-aligned tiles.)
-template <int D, int kColumnStride = 64 * 128>
+// A 64 x D tile of 16-bit values in 64-column blocks of 64 rows x 128 bytes (8 KB each, next to each other);
+// within a block, 16-byte chunk c of row r sits at chunk c ^ (r & 7), so the 8 rows an ldmatrix reads fall in
+// different banks. (It is also the 128-byte swizzle Hopper's wgmma reads from 1 KB-aligned tiles.)
+template <int D>
 struct Tile {
   static constexpr int kChunks = D / 8;
   static constexpr int kBytes = 64 * D * 2;
   static constexpr int kColumnBlockBytes = 64 * 128;
   static __device__ __forceinline__ uint32_t offset(int row, int chunk) {
-    return (chunk >> 3) * kColumnStride + row * 128 + (((chunk & 7) ^ (row & 7)) << 4);
+    return (chunk >> 3) * kColumnBlockBytes + row * 128 + (((chunk & 7) ^ (row & 7)) << 4);
   }
 };
 
 // How a warpgroup's threads split a tile load (t = threadIdx.x % kThreads, so the sm_90a producer warpgroup,
-// threads 128..255, loads the same way): thread t copies 16-byte chunk t % kChunks of rows t / kChunks + k *
+// the CTA's last, loads the same way): thread t copies 16-byte chunk t % kChunks of rows t / kChunks + k *
 // kRowStep. kRowStep is a multiple of 8, so all of a thread's rows have the same swizzle and its shared-memory
 // offset advances by kRowStep rows per copy (no per-copy index arithmetic).
-template <int D, int kColumnStride = Tile<D>::kColumnBlockBytes>
+template <int D>
 struct TileLoad {
   static constexpr int kRowStep = kThreads / Tile<D>::kChunks;  // 8 at D = 128, 16 at D = 64
   static_assert(kRowStep % 8 == 0 && 64 % kRowStep == 0, "rows of one thread must share the swizzle");
   static __device__ __forceinline__ int first_row() { return threadIdx.x % kThreads / Tile<D>::kChunks; }
   static __device__ __forceinline__ int chunk() { return threadIdx.x % Tile<D>::kChunks; }
   static __device__ __forceinline__ uint32_t dst(uint32_t tile, int k) {
-    return tile + Tile<D, kColumnStride>::offset(first_row(), chunk()) + k * kRowStep * 128;
+    return tile + Tile<D>::offset(first_row(), chunk()) + k * kRowStep * 128;
   }
 };
 
 // Loads 64 rows of `base` ([rows, D] row-major) into a tile; row r reads row rows[r] (from shared memory)
 // or zeros where rows[r] is outside [0, limit). One commit group is left for the caller to close.
-template <typename T, int D, int kColumnStride = Tile<D>::kColumnBlockBytes>
+template <typename T, int D>
 __device__ __forceinline__ void load_rows(uint32_t tile, const T* base, const int* rows, int64_t limit) {
-  using L = TileLoad<D, kColumnStride>;
+  using L = TileLoad<D>;
   const T* src = base + L::chunk() * 8;
 #pragma unroll
   for (int k = 0; k < 64 / L::kRowStep; ++k) {
