@@ -123,7 +123,7 @@ __device__ __forceinline__ void load_q_registers(uint32_t (&qa)[D / 16][4], cons
 // to say there are no more. Every producer thread arrives twice on the stage's full barrier: once when its
 // cp.async copies have landed (at once for a TMA tile, where it issued none), once (release) after its stores of
 // the keys and the TileDesc. A TMA tile's bytes are announced by thread 0 (expect-tx) and complete the phase too.
-template <typename T, int D>
+template <typename T, int D, int kKind>
 __device__ __forceinline__ void produce(ItemSource<kPipeBlocks>& source, char* smem, const KvMaps& maps,
                                         int map_head, const T* k_head, const T* v_head, int seq) {
   using S = PipeSmem<D>;
@@ -135,13 +135,14 @@ __device__ __forceinline__ void produce(ItemSource<kPipeBlocks>& source, char* s
   auto* full = reinterpret_cast<uint64_t*>(smem + S::kFull);
   auto* empty = reinterpret_cast<uint64_t*>(smem + S::kEmpty);
   const ProducerGroup group;
-  ItemSchedule<kPipeBlocks, kLagsAhead> schedule(source);
+  ItemSchedule<kPipeBlocks, kLagsAhead, kKind> schedule(source);
   for (int stage = 0, phase = 0;;) {
     Barrier::wait(empty + stage, phase ^ 1);  // the first round passes at once
     int* stage_keys = keys + stage * kBlock;
     const TileDesc tile = schedule.next(source, seq, stage_keys, group);
     if (group.tid() == 0) tiles[stage] = tile;
-    if (tile.uses && tile.start == kGathered) {  // gathered rows: cp.async by every producer thread
+    // gathered rows (vertical-slash only): cp.async by every producer thread
+    if (kKind == MINFER_VERTICAL_SLASH && tile.uses && tile.start == kGathered) {
       load_rows<T, D>(k_tiles + stage * kTile, k_head, stage_keys, seq);
       load_rows<T, D>(v_tiles + stage * kTile, v_head, stage_keys, seq);
     } else if (tile.uses && group.tid() == 0) {  // 64 consecutive rows: TMA boxes, counted in the full barrier
@@ -230,7 +231,15 @@ __device__ __forceinline__ void attend_item(const LaunchParams& p, const KvMaps&
   const int warpgroup = __shfl_sync(0xffffffffu, int(threadIdx.x) / kThreads, 0);
   if (warpgroup == kPipeBlocks) {
     cutlass::arch::warpgroup_reg_dealloc<kProducerRegisters>();
-    produce<T, D>(source, smem, maps, b * p.num_kv_heads + h / p.group, k_head, v_head, int(p.seq_len));
+    const int map_head = b * p.num_kv_heads + h / p.group, seq = int(p.seq_len);
+    switch (p.heads[h].kind) {  // one tile loop per kind (ChunkWalk's kKind)
+      case MINFER_DENSE: produce<T, D, MINFER_DENSE>(source, smem, maps, map_head, k_head, v_head, seq); break;
+      case MINFER_A_SHAPE: produce<T, D, MINFER_A_SHAPE>(source, smem, maps, map_head, k_head, v_head, seq); break;
+      case MINFER_BLOCK_SPARSE:
+        produce<T, D, MINFER_BLOCK_SPARSE>(source, smem, maps, map_head, k_head, v_head, seq);
+        break;
+      default: produce<T, D, MINFER_VERTICAL_SLASH>(source, smem, maps, map_head, k_head, v_head, seq);
+    }
   } else {
     // a missing block still gives every stage back; its rows (from S on) are neither read nor written
     cutlass::arch::warpgroup_reg_alloc<kConsumerRegisters>();

@@ -22,6 +22,11 @@ struct ProducerGroup {
   __device__ void sync() const { asm volatile("bar.sync 1, %0;\n" ::"n"(kThreads) : "memory"); }
 };
 
+// The pattern kind all blocks of a work item share (one head), where the caller fixes it at compile time: the
+// sm_90a producer runs one tile loop per kind, so its per-tile path has no switch on the kind per block (v16's
+// chunk selection: 190 SASS instructions, this branch's vertical-slash loop 129). kAnyKind reads it from the walk.
+constexpr int kAnyKind = -1;
+
 // What a query block's chunks are: ItemSchedule copies it into every thread's registers, since read from the
 // TileSource in shared memory it cost the sm_90a producer a chain of shared loads per tile (v13's profile).
 struct ChunkWalk {
@@ -34,11 +39,13 @@ struct ChunkWalk {
     const int* chunk_list;  // block_sparse: the query block's key blocks; vertical_slash: lags
   };
 
-  // First key of chunk i, or kNoChunk past the last; chunk starts ascend. (Keys fit in int: S <= 2^30.)
+  // First key of chunk i, or kNoChunk past the last; chunk starts ascend. (Keys fit in int: S <= 2^30.) A block
+  // missing from its item has no chunks, whatever kKind says.
   static constexpr int kNoChunk = INT32_MAX;
+  template <int kKind = kAnyKind>
   __device__ int chunk_start(int i) const {
     if (i >= n_chunks) return kNoChunk;
-    switch (kind) {
+    switch (kKind == kAnyKind ? kind : kKind) {
       case MINFER_DENSE: return i * kBlock;
       case MINFER_A_SHAPE:
         return (i < a_shape.sink_blocks ? i : a_shape.first_local + i - a_shape.sink_blocks) * kBlock;
@@ -48,8 +55,10 @@ struct ChunkWalk {
   }
 
   // Whether the chunk starting at `start` can hold a key this block must mask (the token rule).
+  template <int kKind = kAnyKind>
   __device__ bool chunk_needs_mask(int start, int seq_len) const {
-    return kind == MINFER_A_SHAPE || start < 0 || start + kBlock - 1 > start_m || start + kBlock - 1 >= seq_len;
+    return (kKind == kAnyKind ? kind : kKind) == MINFER_A_SHAPE || start < 0 || start + kBlock - 1 > start_m ||
+           start + kBlock - 1 >= seq_len;
   }
 };
 
@@ -180,8 +189,9 @@ struct TileDesc {
 // so that on sm_90a no block's consumer waits through another's. Every thread holds the same cursor.
 // Each block's next kAhead chunk starts are read ahead into registers: a vertical-slash or block-sparse start
 // is a load from the workspace, and with one in flight per block a producer that has fallen behind its
-// consumers waits out an L2 round trip per tile (kAhead = 1 on sm_80, whose registers are spent).
-template <int kBlocks, int kAhead = 1>
+// consumers waits out an L2 round trip per tile (kAhead = 1 on sm_80, whose registers are spent). kKind: the
+// blocks' kind where the caller fixes it (ChunkWalk), kAnyKind where the walk says.
+template <int kBlocks, int kAhead = 1, int kKind = kAnyKind>
 struct ItemSchedule {
   static_assert(kBlocks >= 1 && kBlocks <= kMaxItemBlocks, "uses and mask bits per block");
   ChunkWalk walk[kBlocks];     // each block's chunks, in registers
@@ -190,13 +200,14 @@ struct ItemSchedule {
   int turn;                    // the first block that may give the next column tile
   int columns_left;            // bit i: block i may still have column tiles
 
-  __device__ explicit ItemSchedule(const ItemSource<kBlocks>& src) : turn(0), columns_left((1 << kBlocks) - 1) {
+  __device__ explicit ItemSchedule(const ItemSource<kBlocks>& src)
+      : turn(0), columns_left(kKind == kAnyKind || kKind == MINFER_VERTICAL_SLASH ? (1 << kBlocks) - 1 : 0) {
 #pragma unroll
     for (int i = 0; i < kBlocks; ++i) {
       walk[i] = src.block[i].walk;
       idx[i] = kAhead;
 #pragma unroll
-      for (int j = 0; j < kAhead; ++j) ahead[i][j] = walk[i].chunk_start(j);
+      for (int j = 0; j < kAhead; ++j) ahead[i][j] = walk[i].template chunk_start<kKind>(j);
     }
   }
 
@@ -211,10 +222,11 @@ struct ItemSchedule {
 #pragma unroll
       for (int i = 0; i < kBlocks; ++i) {
         if (ahead[i][0] != start) continue;
-        uses |= (kUsesFirst << i) | (walk[i].chunk_needs_mask(start, int(seq_len)) ? kMaskFirst << i : 0);
+        uses |= (kUsesFirst << i) |
+                (walk[i].template chunk_needs_mask<kKind>(start, int(seq_len)) ? kMaskFirst << i : 0);
 #pragma unroll
         for (int j = 0; j + 1 < kAhead; ++j) ahead[i][j] = ahead[i][j + 1];
-        ahead[i][kAhead - 1] = walk[i].chunk_start(idx[i]++);
+        ahead[i][kAhead - 1] = walk[i].template chunk_start<kKind>(idx[i]++);
       }
       return {uses, start};
     }
