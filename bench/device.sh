@@ -2,9 +2,10 @@
 # One command on the GPU machine: build the native code, run every GPU test, compute-sanitizer at small
 # sizes, the kernel benchmark, the pattern-search timing and the end-to-end pre-fill benchmark.
 # Stages (comma-separated): all (every stage but the optional ones below), build, test, sanitize, bench, search,
-# e2e, and the optional profile (ncu), variants (other builds from bench/build_variants.sh: the GPU kernel
-# tests on each, then one benchmark of the tree beside those that passed) and wgmma (bench/wgmma_rate.cu: the
-# consumer's tensor rate alone). Logs go to $OUT. BENCH_ARGS, E2E_ARGS and PYTEST_ARGS pass options on.
+# e2e, and the optional index (bench/index_kernels.py: each kernel's time), profile (ncu), variants (other builds
+# from bench/build_variants.sh: the GPU kernel tests on each, then one benchmark of the tree beside those that
+# passed) and wgmma (bench/wgmma_rate.cu: the consumer's tensor rate alone). Logs go to $OUT. BENCH_ARGS,
+# INDEX_ARGS, E2E_ARGS and PYTEST_ARGS pass options on.
 # Example (device tool, with carry [".whl", ".carry"]): bash bench/device.sh build,test,search,e2e
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ if [[ -n $wheels ]]; then  # what the GPU image lacks (../shared/gpu/README.md):
     && export PYTHONPATH=$PYTHONPATH:/tmp/minfer-site
 fi
 stages=${1:-all}
-optional=",profile,variants,wgmma,"  # stages `all` leaves out
+optional=",index,profile,variants,wgmma,"  # stages `all` leaves out
 has() { [[ ($stages == all && $optional != *,$1,*) || ,$stages, == *,$1,* ]]; }
 status=0
 
@@ -72,6 +73,10 @@ if has variants; then
   python bench/bench_kernels.py ${BENCH_ARGS:-} "${compare[@]}" --out "$OUT/variants.md" 2>&1 | tee "$OUT/variants.log" | grep "^|"
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
+if has index; then  # the time of each kernel of the benchmark layer's launch, index building broken down
+  python bench/index_kernels.py ${INDEX_ARGS:-} --out "$OUT/index-kernels.md" 2>&1 | tee "$OUT/index-kernels.log" | grep "^|"
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
 if has wgmma; then  # 64- against 128-key tiles, one to three consumers, softmax or none, turns, Q in registers or not
   build/wgmma_rate | tee "$OUT/wgmma_rate.md"
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
@@ -86,13 +91,14 @@ if has e2e; then  # issue 7: the 8B-shaped model, sparse against dense SDPA
     --out "$OUT/e2e.json" ${E2E_ARGS:-} 2>&1 | tee "$OUT/e2e.log" | tail -20
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
-if has profile; then  # Nsight Compute on the attention kernel (PROFILE_FAMILY, PROFILE_LENGTH; default i.i.d. at 128K)
+if has profile; then  # Nsight Compute on the attention kernel (PROFILE_FAMILY, PROFILE_LENGTH; default i.i.d. at 128K;
+  # PROFILE_KERNEL, a regex, and PROFILE_COUNT launches of it: other kernels, e.g. "scores_kernel|select_kernel" and 2)
   # of each library in PROFILE_LIBS (default the tree's build), e.g. diagnostic builds beside the tree
   for lib in ${PROFILE_LIBS:-build/libminfer_kernels.so}; do
     rep="$OUT/attention-$(basename "$(dirname "$lib")")"
     {
       echo "== $lib"
-      MINFER_KERNELS_LIB=$PWD/$lib timeout "${PROFILE_TIMEOUT:-300}" ncu --clock-control none --kernel-name regex:attention_kernel --launch-count 1 \
+      MINFER_KERNELS_LIB=$PWD/$lib timeout "${PROFILE_TIMEOUT:-300}" ncu --clock-control none --kernel-name "regex:${PROFILE_KERNEL:-attention_kernel}" --launch-count "${PROFILE_COUNT:-1}" \
         --set full -o "$rep" python bench/bench_kernels.py --lengths "${PROFILE_LENGTH:-131072}" \
         --families "${PROFILE_FAMILY:-iid}" --dense cudnn >"$rep.log" 2>&1
       ncu --import "$rep.ncu-rep" --page details --print-units base 2>/dev/null \
