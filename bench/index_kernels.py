@@ -1,6 +1,7 @@
 """Where the index building's time goes: the GPU time of each kernel of one layer's launch (the benchmark layer
 of bench_kernels.py), from the torch profiler's kernel records, median over several calls. The index share at
-128K LLM-like (6.6% in v16) is the part of the 5x target the attention kernel does not decide.
+128K LLM-like (6.6% in v17, 3.5% since the index kernels' rework; docs/kernels.md) is the part of the 5x target
+the attention kernel does not decide.
 
     python bench/index_kernels.py --lengths 131072,1048576 --out out/index-kernels.md   # on the GPU
 """
