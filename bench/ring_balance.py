@@ -7,7 +7,7 @@ items' summed makespans, so 1.0 is no consumer ever waiting; the busiest-block b
 loaded block alone allows.
 
 CPU only, from the reference index rules on the benchmark's LLM-like inputs and layer-16 budgets.
-Run: python bench/ring_balance.py --seq-len 32768 --blocks 128
+Run: python bench/ring_balance.py --seq-len 32768 --blocks 128 [--miss 0.13 --miss-latency 2]
 """
 
 from __future__ import annotations
@@ -41,15 +41,18 @@ def item_order(index, m0: int) -> list[int]:
     return order
 
 
-def makespan(order: list[int], stages: int, latency: float, issue: float, skip: float) -> float:
-    """When the item's last consumer finishes, all three starting at 0 with an empty ring."""
+def makespan(
+    order: list[int], stages: int, latency: float, issue: float, skip: float, latencies: list[float] | None = None
+) -> float:
+    """When the item's last consumer finishes, all three starting at 0 with an empty ring; `latencies`, where
+    given, is each tile's own refill latency (an L2 miss takes longer than a hit)."""
     done = [[0.0] * len(order) for _ in range(ITEM_BLOCKS)]
     consumer = [0.0] * ITEM_BLOCKS
     producer = 0.0
     for k, uses in enumerate(order):
         free = 0.0 if k < stages else max(done[i][k - stages] for i in range(ITEM_BLOCKS))
         producer = max(producer, free) + issue
-        landed = producer - issue + latency
+        landed = producer - issue + (latencies[k] if latencies else latency)
         for i in range(ITEM_BLOCKS):
             consumer[i] = max(consumer[i], landed) + (1.0 if (uses >> i) & 1 else skip)
             done[i][k] = consumer[i]
@@ -63,6 +66,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--layer", type=int, default=16)
     parser.add_argument("--skip", type=float, default=0.02, help="a consumer's time for a tile it does not use")
+    parser.add_argument("--miss", type=float, default=0.0, help="fraction of tiles whose refill misses L2")
+    parser.add_argument("--miss-latency", type=float, default=2.0, help="a miss's refill latency, in tiles")
     args = parser.parse_args()
     patterns = load_config(CONFIG).layers[args.layer]
     q, k = llm_like_qk(HQ, HKV, args.seq_len, D, seed=args.seed)
@@ -73,6 +78,15 @@ def main() -> None:
     work = sum(bin(uses).count("1") for order in orders for uses in order)
     busiest = sum(max(sum((u >> i) & 1 for u in order) for i in range(ITEM_BLOCKS)) for order in orders)
     print(f"S={args.seq_len}: {len(orders)} items, {work} block-tiles; busiest-block bound {work / (3 * busiest):.3f}")
+    if args.miss:  # hits refill in half a tile, misses in --miss-latency; the same draws for every ring depth
+        rng = random.Random(1)
+        draws = [[args.miss_latency if rng.random() < args.miss else 0.5 for _ in order] for order in orders]
+        for stages in (6, 12):
+            span = sum(makespan(o, stages, 0.5, 0.1, args.skip, lat) for o, lat in zip(orders, draws, strict=True))
+            print(
+                f"stages {stages}, {args.miss:.0%} misses of latency {args.miss_latency}: efficiency {work / (3 * span):.3f}"
+            )
+        return
     for stages in (4, 6, 8):
         for latency in (0.3, 1.0):
             for issue in (0.1, 0.3):
