@@ -43,7 +43,9 @@ __device__ __forceinline__ VsHead vs_head(const LaunchParams& p) {
 }
 
 // The estimate's 64-row query groups the kernels keep in shared memory: as many as the layer's longest lq needs.
-__host__ __device__ __forceinline__ int row_groups(const LaunchParams& p) { return (p.layout.max_lq + kBlock - 1) / kBlock; }
+__host__ __device__ __forceinline__ int row_groups(const LaunchParams& p) {
+  return (p.layout.max_lq + kBlock - 1) / kBlock;
+}
 
 template <typename T, int D>
 __device__ __forceinline__ void load_last_queries(const LaunchParams& p, const T* q, const VsHead& v, uint32_t q_tiles) {
