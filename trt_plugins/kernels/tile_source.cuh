@@ -24,7 +24,7 @@ struct ProducerGroup {
 
 // The pattern kind all blocks of a work item share (one head), where the caller fixes it at compile time: the
 // sm_90a producer runs one tile loop per kind, so its per-tile path has no switch on the kind per block (v16's
-// chunk selection: 190 SASS instructions, this branch's vertical-slash loop 129). kAnyKind reads it from the walk.
+// chunk selection: 190 SASS instructions, v17's vertical-slash loop 129). kAnyKind reads it from the walk.
 constexpr int kAnyKind = -1;
 
 // What a query block's chunks are: ItemSchedule copies it into every thread's registers, since read from the
