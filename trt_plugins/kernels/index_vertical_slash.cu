@@ -288,8 +288,8 @@ constexpr int kLagsThreads = 256, kLagsChunk = 2048;
 
 // The greedy chunk cover of the selected diagonals (oldest key first), then the held bitmap. The cover is one
 // thread's walk over the diagonals, staged through shared memory a chunk at a time with the last lag in a
-// register: read from global memory, each step waited out a load (0.43 ms per launch at any S with 6096
-// slashes, bench/index_kernels.py).
+// register: read from global memory, each step waited out a load (0.43 to 0.49 ms per launch from 128K to 1M
+// with 6096 slashes, bench/index_kernels.py).
 __global__ void __launch_bounds__(kLagsThreads) lags_kernel(const __grid_constant__ LaunchParams p, char* ws) {
   __shared__ int chunk[kLagsChunk];
   __shared__ int cover_count;
