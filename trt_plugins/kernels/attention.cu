@@ -61,7 +61,8 @@ struct PipeSmem {
   static constexpr int kTiles = kKeys + kStages * kBlock * 4;   // TileDesc[kStages]
   static constexpr int kFull = kTiles + kStages * 8;            // mbarrier[kStages]: the producer filled it
   static constexpr int kEmpty = kFull + kStages * 8;            // mbarrier[kStages]: every consumer is done with it
-  static constexpr int kSource = kEmpty + kStages * 8;          // ItemSource<kPipeBlocks>
+  static constexpr int kHandoff = kEmpty + kStages * 8;         // int[2]: the stage and phase after the chunks
+  static constexpr int kSource = kHandoff + 8;                  // ItemSource<kPipeBlocks>
   static constexpr int kBytes = kSource + int(sizeof(ItemSource<kPipeBlocks>));
 };
 
@@ -120,9 +121,12 @@ __device__ __forceinline__ void load_q_registers(uint32_t (&qa)[D / 16][4], cons
 }
 
 // The producer warpgroup: the item's tiles in order, each into the next free stage, then a tile without uses
-// to say there are no more. Every producer thread arrives twice on the stage's full barrier: once when its
-// cp.async copies have landed (at once for a TMA tile, where it issued none), once (release) after its stores of
-// the keys and the TileDesc. A TMA tile's bytes are announced by thread 0 (expect-tx) and complete the phase too.
+// to say there are no more. Each stage's full barrier counts two arrivals per producer thread and, for a TMA
+// tile, its bytes (expect-tx by thread 0). The chunk tiles (64 consecutive rows by TMA boxes) are warp 0's
+// alone: its lane 0 issues the boxes and arrives for all producer threads at once, while warps 1-3 wait at the
+// group's barrier rather than run the same schedule beside it, each on an SM sub-partition's issue slots that
+// its three consumer warps share. Then the whole group takes the column tiles (cp.async by every thread, each
+// arriving once when its copies land and once after its stores of the keys and the TileDesc) and the last.
 template <typename T, int D, int kKind>
 __device__ __forceinline__ void produce(ItemSource<kPipeBlocks>& source, char* smem, const KvMaps& maps,
                                         int map_head, const T* k_head, const T* v_head, int seq) {
@@ -134,28 +138,46 @@ __device__ __forceinline__ void produce(ItemSource<kPipeBlocks>& source, char* s
   TileDesc* tiles = reinterpret_cast<TileDesc*>(smem + S::kTiles);
   auto* full = reinterpret_cast<uint64_t*>(smem + S::kFull);
   auto* empty = reinterpret_cast<uint64_t*>(smem + S::kEmpty);
+  int* handoff = reinterpret_cast<int*>(smem + S::kHandoff);
   const ProducerGroup group;
   ItemSchedule<kPipeBlocks, kLagsAhead, kKind> schedule(source);
-  for (int stage = 0, phase = 0;;) {
-    Barrier::wait(empty + stage, phase ^ 1);  // the first round passes at once
+  int stage = 0, phase = 0;
+  // warp-uniform as ptxas can see (a shuffle of lane 0's), so the schedule stays on the uniform datapath
+  if (__shfl_sync(0xffffffffu, group.tid() / 32, 0) == 0) {
+    while (schedule.chunks_left()) {
+      Barrier::wait(empty + stage, phase ^ 1);  // the first round passes at once
+      const TileDesc tile = schedule.next_chunk(seq);
+      if (group.tid() == 0) {
+        tiles[stage] = tile;
+        cutlass::arch::ClusterTransactionBarrier::expect_transaction(full + stage, 2 * kTile);
+        constexpr uint64_t kHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+#pragma unroll
+        for (int c = 0; c < D / 64; ++c) {
+          const int offset = stage * kTile + c * Tile<D>::kColumnBlockBytes;
+          cute::SM90_TMA_LOAD_3D::copy(&maps.k, full + stage, kHint, smem + S::kK + offset, 64 * c, tile.start,
+                                       map_head);
+          cute::SM90_TMA_LOAD_3D::copy(&maps.v, full + stage, kHint, smem + S::kV + offset, 64 * c, tile.start,
+                                       map_head);
+        }
+        // release: the TileDesc store before the arrivals of all producer threads
+        asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(full + stage)),
+                     "r"(2 * kThreads)
+                     : "memory");
+      }
+      if (++stage == kStages) stage = 0, phase ^= 1;
+    }
+    if (group.tid() == 0) handoff[0] = stage, handoff[1] = phase;
+  }
+  group.sync();  // warp 0's stores of the hand-off before the other warps read it
+  stage = handoff[0], phase = handoff[1];
+  for (;;) {
+    Barrier::wait(empty + stage, phase ^ 1);
     int* stage_keys = keys + stage * kBlock;
-    const TileDesc tile = schedule.next(source, seq, stage_keys, group);
+    const TileDesc tile = schedule.next_column(source, stage_keys, group);
     if (group.tid() == 0) tiles[stage] = tile;
-    // gathered rows (vertical-slash only): cp.async by every producer thread
-    if (kKind == MINFER_VERTICAL_SLASH && tile.uses && tile.start == kGathered) {
+    if (tile.uses) {  // gathered rows (vertical-slash only): cp.async by every producer thread
       load_rows<T, D>(k_tiles + stage * kTile, k_head, stage_keys, seq);
       load_rows<T, D>(v_tiles + stage * kTile, v_head, stage_keys, seq);
-    } else if (tile.uses && group.tid() == 0) {  // 64 consecutive rows: TMA boxes, counted in the full barrier
-      cutlass::arch::ClusterTransactionBarrier::expect_transaction(full + stage, 2 * kTile);
-      constexpr uint64_t kHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
-#pragma unroll
-      for (int c = 0; c < D / 64; ++c) {
-        const int offset = stage * kTile + c * Tile<D>::kColumnBlockBytes;
-        cute::SM90_TMA_LOAD_3D::copy(&maps.k, full + stage, kHint, smem + S::kK + offset, 64 * c, tile.start,
-                                     map_head);
-        cute::SM90_TMA_LOAD_3D::copy(&maps.v, full + stage, kHint, smem + S::kV + offset, 64 * c, tile.start,
-                                     map_head);
-      }
     }
     cutlass::arch::cpasync_barrier_arrive_noinc(full + stage);
     Barrier::arrive(full + stage);

@@ -211,25 +211,35 @@ struct ItemSchedule {
     }
   }
 
-  // Called by every thread of the group together (the column gather synchronises it).
-  template <typename Group = CtaGroup>
-  __device__ TileDesc next(ItemSource<kBlocks>& src, int64_t seq_len, int* keys, Group group = {}) {
+  // Whether a chunk tile is still to come (then next_chunk gives it; the columns follow).
+  __device__ bool chunks_left() const {
     int start = ahead[0][0];
 #pragma unroll
     for (int i = 1; i < kBlocks; ++i) start = min(start, ahead[i][0]);
-    if (start != ChunkWalk::kNoChunk) {
-      int uses = 0;
+    return start != ChunkWalk::kNoChunk;
+  }
+
+  // The next chunk tile, while chunks_left(): needs no other thread.
+  __device__ TileDesc next_chunk(int64_t seq_len) {
+    int start = ahead[0][0];
 #pragma unroll
-      for (int i = 0; i < kBlocks; ++i) {
-        if (ahead[i][0] != start) continue;
-        uses |= (kUsesFirst << i) |
-                (walk[i].template chunk_needs_mask<kKind>(start, int(seq_len)) ? kMaskFirst << i : 0);
+    for (int i = 1; i < kBlocks; ++i) start = min(start, ahead[i][0]);
+    int uses = 0;
 #pragma unroll
-        for (int j = 0; j + 1 < kAhead; ++j) ahead[i][j] = ahead[i][j + 1];
-        ahead[i][kAhead - 1] = walk[i].template chunk_start<kKind>(idx[i]++);
-      }
-      return {uses, start};
+    for (int i = 0; i < kBlocks; ++i) {
+      if (ahead[i][0] != start) continue;
+      uses |= (kUsesFirst << i) | (walk[i].template chunk_needs_mask<kKind>(start, int(seq_len)) ? kMaskFirst << i : 0);
+#pragma unroll
+      for (int j = 0; j + 1 < kAhead; ++j) ahead[i][j] = ahead[i][j + 1];
+      ahead[i][kAhead - 1] = walk[i].template chunk_start<kKind>(idx[i]++);
     }
+    return {uses, start};
+  }
+
+  // The next column tile, or no tile: called by every thread of the group together (the gather synchronises
+  // it), whatever the chunks' state.
+  template <typename Group = CtaGroup>
+  __device__ TileDesc next_column(ItemSource<kBlocks>& src, int* keys, Group group = {}) {
     while (columns_left) {
       int i = turn;  // the next block from `turn` on that may still have columns
       while (!((columns_left >> i) & 1)) i = i + 1 == kBlocks ? 0 : i + 1;
@@ -238,6 +248,12 @@ struct ItemSchedule {
       columns_left &= ~(1 << i);
     }
     return {0, 0};
+  }
+
+  // The next tile of the item: chunks, then columns, then none. Called by every thread of the group together.
+  template <typename Group = CtaGroup>
+  __device__ TileDesc next(ItemSource<kBlocks>& src, int64_t seq_len, int* keys, Group group = {}) {
+    return chunks_left() ? next_chunk(seq_len) : next_column(src, keys, group);
   }
 };
 
