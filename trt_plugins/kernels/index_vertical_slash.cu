@@ -286,10 +286,12 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(const __grid_con
 
 constexpr int kLagsThreads = 256, kLagsChunk = 2048;
 
-// The greedy chunk cover of the selected diagonals (oldest key first), then the held bitmap. The cover is one
-// thread's walk over the diagonals, staged through shared memory a chunk at a time with the last lag in a
-// register: read from global memory, each step waited out a load (0.43 to 0.49 ms per launch from 128K to 1M
-// with 6096 slashes, bench/index_kernels.py).
+// The greedy chunk cover of the selected diagonals (oldest key first), then the held bitmap. The cover is warp
+// 0's walk over the diagonals, staged through shared memory a chunk at a time: each step takes the largest
+// diagonal below the last lag, found among the next 32 by a ballot, so a band of selected diagonals, where all
+// but every 64th are held already, costs a step per lag rather than one per diagonal. (One thread's walk took
+// 0.20 ms per launch at 128K with 6096 slashes, and 0.43 to 0.49 from 128K to 1M reading global memory;
+// bench/index_kernels.py.)
 __global__ void __launch_bounds__(kLagsThreads) lags_kernel(const __grid_constant__ LaunchParams p, char* ws) {
   __shared__ int chunk[kLagsChunk];
   __shared__ int cover_count;
@@ -299,20 +301,29 @@ __global__ void __launch_bounds__(kLagsThreads) lags_kernel(const __grid_constan
   int* lags = reinterpret_cast<int*>(ws + L.lags) + v.index * L.diagonals_stride;
   uint32_t* held = reinterpret_cast<uint32_t*>(ws + L.held) + v.index * L.held_words;
   for (int w = threadIdx.x; w < L.held_words; w += blockDim.x) held[w] = 0u;
-  int count = 0, last = 0;  // thread 0's cover so far and its last lag
+  // warp 0's cover so far and its last lag, the same in every lane; warp-uniform as ptxas can see
+  const bool walker = __shfl_sync(0xffffffffu, int(threadIdx.x) / 32, 0) == 0;
+  const int lane = threadIdx.x & 31;
+  int count = 0, last = 0;
   for (int end = v.hp->ns; end > 0; end -= kLagsChunk) {  // diagonals [begin, end), from the largest
     const int begin = max(0, end - kLagsChunk);
-    __syncthreads();  // thread 0 is done with the previous chunk
+    __syncthreads();  // warp 0 is done with the previous chunk
     for (int i = begin + int(threadIdx.x); i < end; i += blockDim.x) chunk[i - begin] = diagonals[i];
     __syncthreads();
-    if (threadIdx.x == 0)
-#pragma unroll 4
-      for (int i = end - begin - 1; i >= 0; --i) {
-        const int d = chunk[i];
-        if (count > 0 && d >= last) continue;
-        last = count > 0 && d > last - kBlock ? last - kBlock : d;
-        lags[count++] = last;
+    if (!walker) continue;
+    for (int i = end - begin - 1; i >= 0;) {  // lane l looks at chunk[i - l]
+      const int j = i - lane, d = j >= 0 ? chunk[j] : 0;
+      const unsigned below = __ballot_sync(0xffffffffu, j >= 0 && (count == 0 || d < last));
+      if (below == 0u) {  // all 32 held by the last lag (or the chunk's start passed)
+        i -= 32;
+        continue;
       }
+      const int first = __ffs(below) - 1, next = __shfl_sync(0xffffffffu, d, first);
+      last = count > 0 && next > last - kBlock ? last - kBlock : next;
+      if (lane == 0) lags[count] = last;
+      ++count;
+      i -= first + 1;
+    }
   }
   if (threadIdx.x == 0) {
     reinterpret_cast<int*>(ws + L.lag_counts)[v.index] = count;
