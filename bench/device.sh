@@ -92,14 +92,16 @@ if has e2e; then  # issue 7: the 8B-shaped model, sparse against dense SDPA
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 if has profile; then  # Nsight Compute on the attention kernel (PROFILE_FAMILY, PROFILE_LENGTH; default i.i.d. at 128K;
-  # PROFILE_KERNEL, a regex, and PROFILE_COUNT launches of it: other kernels, e.g. "scores_kernel|select_kernel" and 2)
+  # PROFILE_KERNEL, a regex, and PROFILE_COUNT launches of it: other kernels, e.g. "scores_kernel|select_kernel" and 2;
+  # PROFILE_NCU_ARGS instead of --set full, e.g. "--section SpeedOfLight --section MemoryWorkloadAnalysis" where a
+  # full set's replay of one launch does not finish: at 1M i.i.d. it had not in 290 s)
   # of each library in PROFILE_LIBS (default the tree's build), e.g. diagnostic builds beside the tree
   for lib in ${PROFILE_LIBS:-build/libminfer_kernels.so}; do
     rep="$OUT/attention-$(basename "$(dirname "$lib")")"
     {
       echo "== $lib"
       MINFER_KERNELS_LIB=$PWD/$lib timeout "${PROFILE_TIMEOUT:-300}" ncu --clock-control none --kernel-name "regex:${PROFILE_KERNEL:-attention_kernel}" --launch-count "${PROFILE_COUNT:-1}" \
-        --set full -o "$rep" python bench/bench_kernels.py --lengths "${PROFILE_LENGTH:-131072}" \
+        ${PROFILE_NCU_ARGS:---set full} -o "$rep" python bench/bench_kernels.py --lengths "${PROFILE_LENGTH:-131072}" \
         --families "${PROFILE_FAMILY:-iid}" --dense cudnn >"$rep.log" 2>&1
       ncu --import "$rep.ncu-rep" --page details --print-units base 2>/dev/null \
         | grep -E "Duration|Elapsed Cycles|SM Active Cycles|Registers|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L1/TEX Cache Throughput|L2 Cache Throughput|L2 Hit|Warp Cycles Per Issued|Block Limit|SM Frequency|DRAM Frequency" | head -40
@@ -108,6 +110,8 @@ if has profile; then  # Nsight Compute on the attention kernel (PROFILE_FAMILY, 
       ncu --import "$rep.ncu-rep" --page raw --csv 2>/dev/null | python3 -c '
 import csv, sys
 rows = list(csv.reader(sys.stdin))  # metric names, units, then one row per profiled kernel
+if len(rows) < 3:
+    sys.exit("no profiled kernel in the report (see the .log beside it)")
 def number(text):
     try:
         return float(text.replace(",", ""))
