@@ -15,6 +15,7 @@ power and throttle reasons nvidia-smi saw while the sparse and the best dense ca
 from __future__ import annotations
 
 import statistics
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -122,23 +123,26 @@ class SparseLayer:
         _, counts = self.library.debug_tiles(self.pattern, self.problem, self.workspace, items, 0, self.stream)
         return int(counts.long().sum())
 
-    def kernel_ms(self) -> tuple[float, float]:
-        """(index building, attention) GPU time of one call, from the profiler's kernel records."""
+    def kernel_ms_by_name(self) -> dict[str, float]:
+        """GPU ms of each of our kernels in one call, by demangled name, from the profiler's kernel records (a
+        name launched twice in the call is summed)."""
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             self()
             torch.cuda.synchronize()
-        index = attention = 0.0
-        for event in prof.key_averages():
-            if "minfer::" not in event.key:
-                continue
-            if "attention_kernel" in event.key:
-                attention += event.device_time_total / 1e3
-            else:
-                index += event.device_time_total / 1e3
+        per_kernel: dict[str, float] = defaultdict(float)
+        for event in prof.events():
+            if event.device_type == torch.autograd.DeviceType.CUDA and "minfer::" in event.name:
+                per_kernel[event.name] += event.device_time / 1e3
+        return dict(per_kernel)
+
+    def kernel_ms(self) -> tuple[float, float]:
+        """(index building, attention) GPU time of one call."""
+        per_kernel = self.kernel_ms_by_name()
+        attention = sum(ms for name, ms in per_kernel.items() if "attention_kernel" in name)
         if attention == 0.0:  # under Nsight Compute the torch profiler gets no kernel records
             console.print("[yellow]the profiler recorded no attention kernel (Nsight Compute attached?)[/]")
             return float("nan"), float("nan")
-        return index, attention
+        return sum(ms for name, ms in per_kernel.items() if "attention_kernel" not in name), attention
 
 
 def main(

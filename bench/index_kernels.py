@@ -28,16 +28,12 @@ def kernel_name(key: str) -> str:
 
 
 def kernel_times(layer: SparseLayer, calls: int) -> dict[str, list[float]]:
-    """ms per kernel name for each of `calls` launches (a name launched twice in a call is summed)."""
+    """ms per kernel name for each of `calls` launches (names the same once shortened are summed)."""
     times: dict[str, list[float]] = defaultdict(list)
     for _ in range(calls):
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            layer()
-            torch.cuda.synchronize()
         per_call: dict[str, float] = defaultdict(float)
-        for event in prof.events():
-            if event.device_type == torch.autograd.DeviceType.CUDA and "minfer::" in event.name:
-                per_call[kernel_name(event.name)] += event.device_time / 1e3
+        for name, ms in layer.kernel_ms_by_name().items():
+            per_call[kernel_name(name)] += ms
         for name, ms in per_call.items():
             times[name].append(ms)
     return times
