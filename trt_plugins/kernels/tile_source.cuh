@@ -211,19 +211,20 @@ struct ItemSchedule {
     }
   }
 
-  // Whether a chunk tile is still to come (then next_chunk gives it; the columns follow).
-  __device__ bool chunks_left() const {
+  // The first key of the next chunk tile: the lowest next start of any block (kNoChunk once all are done).
+  __device__ int next_chunk_start() const {
     int start = ahead[0][0];
 #pragma unroll
     for (int i = 1; i < kBlocks; ++i) start = min(start, ahead[i][0]);
-    return start != ChunkWalk::kNoChunk;
+    return start;
   }
+
+  // Whether a chunk tile is still to come (then next_chunk gives it; the columns follow).
+  __device__ bool chunks_left() const { return next_chunk_start() != ChunkWalk::kNoChunk; }
 
   // The next chunk tile, while chunks_left(): needs no other thread.
   __device__ TileDesc next_chunk(int64_t seq_len) {
-    int start = ahead[0][0];
-#pragma unroll
-    for (int i = 1; i < kBlocks; ++i) start = min(start, ahead[i][0]);
+    const int start = next_chunk_start();
     int uses = 0;
 #pragma unroll
     for (int i = 0; i < kBlocks; ++i) {
