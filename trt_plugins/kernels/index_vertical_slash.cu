@@ -100,10 +100,8 @@ __global__ void __launch_bounds__(kThreads) row_stats_kernel(const __grid_consta
 #pragma unroll
     for (int rg = 0; rg < kMaxRowGroups; ++rg) {
       if (rg >= groups) break;
-      uint32_t qa[D / 16][4];
-      load_q_fragments<D>(qa, q_tiles + rg * Tile<D>::kBytes);
       float s[32];
-      qk_tile<T, D>(s, qa, k_tile);
+      qk_tile_smem_q<T, D>(s, q_tiles + rg * Tile<D>::kBytes, k_tile);
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         // S <= 2^30 (validate.cpp); a real row (below lq) is below S, so key <= row keeps its keys below S
@@ -208,10 +206,8 @@ __global__ void __launch_bounds__(kThreads) scores_kernel(const __grid_constant_
 #pragma unroll
     for (int rg = 0; rg < kMaxRowGroups; ++rg) {
       if (rg >= groups) break;
-      uint32_t qa[D / 16][4];
-      load_q_fragments<D>(qa, q_tiles + rg * Tile<D>::kBytes);
       float s[32];
-      qk_tile<T, D>(s, qa, k_tile);
+      qk_tile_smem_q<T, D>(s, q_tiles + rg * Tile<D>::kBytes, k_tile);
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int local_row = 16 * warp + g + 8 * r, est_row = rg * kBlock + local_row;
