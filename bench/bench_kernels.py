@@ -261,13 +261,15 @@ def _ms(value: float | None) -> str:
 def render(rows: list[dict], device: str, compare_library: list[Path], dense_in_turns: bool) -> str:
     compared = "".join(f" | {path} ms" for path in compare_library)
     timing = "timed in turns with the sparse call(s)" if dense_in_turns else "timed alone (--no-dense-in-turns)"
+    # the clock of the turns: the sparse calls', with dense among them unless --no-dense-in-turns
+    turns_clock = "in turns, ran at" if dense_in_turns else "sparse calls ran at"
     lines = [
         f"Device: {device}. Dense: torch SDPA (cuDNN and flash backends; speedup against the faster), causal, GQA, "
         f"{timing}; *dense alone* is the faster backend timed first, by itself, after the GPU idled.",
         "",
         "| S | inputs | selected (of dense) | sparse ms | cuDNN ms | flash ms | speedup | dense alone ms "
         "| speedup over dense alone | TFLOP/s on tiles | index share | index ms | workspace MiB "
-        f"| in turns, ran at | dense alone ran at{compared} |",
+        f"| {turns_clock} | dense alone ran at{compared} |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(compare_library),
     ]
     for r in rows:
