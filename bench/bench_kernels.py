@@ -66,22 +66,42 @@ def make_inputs(family: str, seq_len: int, seed: int) -> tuple[torch.Tensor, tor
     return q, k, v
 
 
+def turn_cycle(n: int) -> list[int]:
+    """The order of n calls' timed runs: a cycle in which each call directly follows each call, itself included,
+    exactly twice, and each call's mean position is the cycle's middle. Rotating one order was not enough: with
+    the tree, a compared build and dense SDPA, the tree followed the 250 ms dense call in 2 of 3 reps and the build
+    in 1, and ran 54.0 against 51.3 ms at 128K though both were the same attention machine code (eleventh
+    session); a call runs at the clock its predecessor left. Built as a de Bruijn sequence (the Lyndon words i and
+    ij, i < j, in order: each pair once around it), cut at its pair (0, 0) and followed by its reverse, so the two
+    cuts are (0, 0) again and a clock drifting linearly falls on every call alike. One call needs no turns: a
+    cycle of one (dense alone: 18 s a call at 1M)."""
+    if n == 1:
+        return [0]
+    sequence = []
+    for i in range(n):
+        sequence.append(i)
+        for j in range(i + 1, n):
+            sequence += [i, j]
+    path = sequence[1:] + sequence[:1]  # from 0 to 0
+    return path + path[::-1]
+
+
 def median_ms(*fns: Callable[[], object], reps: int, warmup: int = 1) -> list[float]:
-    """The median time of each call, the calls taking turns rep by rep so that the clock's drift under the power
-    cap (1230 to 1730 MHz within one run) falls on every build alike, not on whichever runs last."""
-    for fn in fns:
+    """The median time of each call, the calls taking turns so that the clock's drift under the power cap (1230
+    to 1730 MHz within one run) falls on every build alike, not on whichever runs last, and each after each alike
+    (turn_cycle). Each call is timed reps times, rounded up to whole cycles."""
+    for fn in reversed(fns):  # the warm-up ends with call 0, the first timed call's predecessor in the cycle
         for _ in range(warmup):
             fn()
     times: list[list[float]] = [[] for _ in fns]
-    for rep in range(reps):
-        for i in range(len(fns)):  # each rep starts one build later, so none is always first after another
-            which = (rep + i) % len(fns)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fns[which]()
-            end.record()
-            end.synchronize()
-            times[which].append(start.elapsed_time(end))
+    cycle = turn_cycle(len(fns))
+    for which in cycle * -(-reps * len(fns) // len(cycle)):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fns[which]()
+        end.record()
+        end.synchronize()
+        times[which].append(start.elapsed_time(end))
     return [statistics.median(t) for t in times]
 
 
@@ -162,11 +182,18 @@ def main(
         typer.Option(help="another build of libminfer_kernels.so, timed on the same inputs (repeat for several)"),
     ] = None,
     reps: Annotated[
-        int, typer.Option(help="times the timed calls of each build: 9 at 128K, 5 at 256K, 3 from 512K, taken in turns")
+        int,
+        typer.Option(
+            help="times the timed calls of each build: 9 at 128K, 5 at 256K, 3 from 512K, taken in turns and rounded "
+            "up to whole cycles of the turns (twice as many as the calls taking turns)"
+        ),
     ] = 1,
     dense_in_turns: Annotated[
         bool,
-        typer.Option(help="time dense in turns with the sparse calls too (at 1M about 60 s more per family)"),
+        typer.Option(
+            help="time dense in turns with the sparse calls too (at 1M 4 more dense calls of about 18 s per family, "
+            "6 beside one --compare-library)"
+        ),
     ] = True,
     llm_seeds: Annotated[
         str,

@@ -2,12 +2,15 @@
 
 Under the H200's power cap the SM clock drifts by hundreds of MHz within one benchmark run, so builds (and dense
 SDPA) timed one after another take that drift as their own; median_ms takes them in turns instead. These tests
-fail if it times each call's reps back to back again, or mixes up whose time is whose.
+fail if it times each call's reps back to back again, mixes up whose time is whose, or lets one call follow the
+heavy dense call more often than another (a call runs at the clock its predecessor left).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -17,14 +20,17 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 class FakeGpu:
-    """A GPU whose calls take `work` units at a speed that falls by `drift` per unit done (a warming GPU)."""
+    """A GPU whose calls take `work` units at a speed that falls by `drift` per unit done (a warming GPU), and by
+    `after_heavy` more for a call right after one of at least `heavy` units (the clock a long call leaves)."""
 
-    def __init__(self, drift: float) -> None:
+    def __init__(self, drift: float, after_heavy: float = 0.0, heavy: float = float("inf")) -> None:
         self.now, self.done, self.drift = 0.0, 0.0, drift
+        self.after_heavy, self.heavy, self.last = after_heavy, heavy, 0.0
 
     def run(self, work: float) -> None:
-        self.now += work * (1 + self.drift * self.done)
-        self.done += work
+        slowdown = self.after_heavy if self.last >= self.heavy else 0.0
+        self.now += work * (1 + self.drift * self.done + slowdown)
+        self.done, self.last = self.done + work, work
 
     def event_class(self):
         gpu = self
@@ -51,7 +57,7 @@ def bench_kernels(monkeypatch: pytest.MonkeyPatch, gpu: FakeGpu):
     return importlib.import_module("bench_kernels")
 
 
-def test_each_call_gets_its_own_time_and_the_order_rotates(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_call_gets_its_own_time_and_the_orders_change(monkeypatch: pytest.MonkeyPatch) -> None:
     gpu, order = FakeGpu(drift=0.0), []
 
     def call(name: str, work: float):
@@ -65,8 +71,16 @@ def test_each_call_gets_its_own_time_and_the_order_rotates(monkeypatch: pytest.M
     medians = module.median_ms(call("a", 1.0), call("b", 3.0), call("c", 5.0), reps=3, warmup=1)
     assert medians == [1.0, 3.0, 5.0]
     warmup, turns = order[:3], order[3:]
-    assert warmup == ["a", "b", "c"]
-    assert turns == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # each rep starts one call later
+    assert warmup == ["c", "b", "a"]  # ending with the first timed call's predecessor in the cycle
+    path = ["a", "b", "a", "c", "b", "b", "c", "c", "a"]
+    assert turns == path + path[::-1]
+
+
+def test_reps_round_up_to_whole_cycles(monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu, runs = FakeGpu(drift=0.0), Counter()
+    module = bench_kernels(monkeypatch, gpu)
+    module.median_ms(*(lambda i=i: runs.update([i]) for i in range(2)), reps=3, warmup=0)
+    assert runs == {0: 4, 1: 4}  # one cycle of 8
 
 
 def test_a_drifting_clock_falls_on_identical_calls_alike(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,3 +89,25 @@ def test_a_drifting_clock_falls_on_identical_calls_alike(monkeypatch: pytest.Mon
     first, second = module.median_ms(lambda: gpu.run(1.0), lambda: gpu.run(1.0), reps=9, warmup=0)
     # back to back, the second call's 9 reps would run 9 units later: about 9% slower
     assert abs(second - first) / first < 0.015
+
+
+@pytest.mark.parametrize("calls", [1, 2, 3, 4, 5, 6])
+def test_every_call_follows_every_call_alike_and_sits_mid_cycle(monkeypatch: pytest.MonkeyPatch, calls: int) -> None:
+    cycle = bench_kernels(monkeypatch, FakeGpu(drift=0.0)).turn_cycle(calls)
+    cyclic_pairs = Counter(pairwise([*cycle, cycle[0]]))
+    each = 1 if calls == 1 else 2  # times each pair comes round
+    assert len(cycle) == each * calls**2 and len(cyclic_pairs) == calls**2 and set(cyclic_pairs.values()) == {each}
+    middle = (len(cycle) - 1) / 2
+    for call in range(calls):
+        positions = [k for k, which in enumerate(cycle) if which == call]
+        assert len(positions) == each * calls and sum(positions) / len(positions) == middle
+    assert cycle[-1] == 0  # the warm-up's last call
+
+
+def test_a_heavy_call_slows_its_successors_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the tree, a compared build of the same machine code and dense SDPA 5x longer, as at 128K; a call right after
+    # dense runs 10% slower. Rotating one order put the tree after dense in 2 of 3 reps: 10% apart here.
+    gpu = FakeGpu(drift=0.0, after_heavy=0.10, heavy=5.0)
+    module = bench_kernels(monkeypatch, gpu)
+    tree, build, _ = module.median_ms(lambda: gpu.run(1.0), lambda: gpu.run(1.0), lambda: gpu.run(5.0), reps=18)
+    assert abs(tree - build) / build < 0.01
