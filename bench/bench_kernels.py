@@ -68,13 +68,12 @@ def make_inputs(family: str, seq_len: int, seed: int) -> tuple[torch.Tensor, tor
 
 def turn_cycle(n: int) -> list[int]:
     """The order of n calls' timed runs: a cycle in which each call directly follows each call, itself included,
-    exactly twice, and each call's mean position is the cycle's middle. Rotating one order was not enough: with
-    the tree, a compared build and dense SDPA, the tree followed the 250 ms dense call in 2 of 3 reps and the build
-    in 1, and ran 54.0 against 51.3 ms at 128K though both were the same attention machine code (eleventh
-    session); a call runs at the clock its predecessor left. Built as a de Bruijn sequence (the Lyndon words i and
-    ij, i < j, in order: each pair once around it), cut at its pair (0, 0) and followed by its reverse, so the two
-    cuts are (0, 0) again and a clock drifting linearly falls on every call alike. One call needs no turns: a
-    cycle of one (dense alone: 18 s a call at 1M)."""
+    exactly twice, and each call's mean position is the cycle's middle. A call runs at the clock its predecessor
+    left, and rotating one order does not spread the predecessors: with the tree, a compared build and dense SDPA
+    the tree followed the 250 ms dense call in 2 of 3 reps and the build in 1. Built as a de Bruijn sequence (the
+    Lyndon words i and ij, i < j, in order: each pair once around it), cut at its pair (0, 0) and followed by its
+    reverse, so the two cuts are (0, 0) again and a clock drifting linearly falls on every call alike. One call
+    needs no turns: a cycle of one (dense alone: 18 s a call at 1M)."""
     if n == 1:
         return [0]
     sequence = []
