@@ -1,9 +1,13 @@
 """Where the index building's time goes: the GPU time of each kernel of one layer's launch (the benchmark layer
 of bench_kernels.py), from the torch profiler's kernel records, median over several calls. The index share at
 128K LLM-like (6.6% in v17, 3.5% since the index kernels' rework; docs/kernels.md) is the part of the 5x target
-the attention kernel does not decide.
+the attention kernel does not decide. Beside the kernels, each build's whole call timed with CUDA events (builds
+in turns, bench_kernels.median_ms) and what of it no kernel accounts for, and the tiles its attention computes:
+in the eleventh session two builds whose kernels took 50.06 ms each at 128K LLM-like ran 50.5 and 52.5 ms per
+call in bench_kernels.py.
 
     python bench/index_kernels.py --lengths 131072,1048576 --out out/index-kernels.md   # on the GPU
+    python bench/index_kernels.py --library build/libminfer_kernels.so --library build-var-main/libminfer_kernels.so
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Annotated
 
 import torch
 import typer
-from bench_kernels import LLM_LIKE_SEED, SparseLayer, layer_patterns, make_inputs  # bench/, the script's folder
+from bench_kernels import LLM_LIKE_SEED, SparseLayer, layer_patterns, make_inputs, median_ms  # bench/
 
 from minfer.runtime import kernels
 
@@ -42,24 +46,33 @@ def kernel_times(layer: SparseLayer, calls: int) -> dict[str, list[float]]:
 def main(
     lengths: Annotated[str, typer.Option(help="comma-separated S")] = "131072,1048576",
     family: Annotated[str, typer.Option(help="llm-like or iid")] = "llm-like",
-    calls: Annotated[int, typer.Option(help="profiled launches per length")] = 5,
-    library_path: Annotated[Path | None, typer.Option("--library", help="libminfer_kernels.so")] = None,
+    calls: Annotated[int, typer.Option(help="profiled launches per length, and timed calls per build")] = 5,
+    library_paths: Annotated[
+        list[Path] | None, typer.Option("--library", help="libminfer_kernels.so (repeat to compare builds)")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="MInference pattern config")] = None,
     layer: int = 16,
     out: Annotated[Path | None, typer.Option(help="write the table here too")] = None,
 ) -> None:
-    library = kernels.KernelLibrary(library_path) if library_path else kernels.load_library()
+    libraries = [kernels.KernelLibrary(path) for path in library_paths] if library_paths else [kernels.load_library()]
+    names = [str(path) for path in library_paths] if library_paths else ["build"]
     patterns = layer_patterns(config, layer)
-    lines = ["| S | kernel | ms (median) | share of the launch |", "|---|---|---|---|"]
+    lines = ["| S | library | kernel | ms (median) | share of the launch |", "|---|---|---|---|---|"]
     for seq in (int(s) for s in lengths.split(",")):
         q, k, v = make_inputs(family, seq, seed=LLM_LIKE_SEED)
-        sparse_layer = SparseLayer(library, patterns, q, k, v)
-        sparse_layer()  # warm-up
-        times = {name: statistics.median(ms) for name, ms in kernel_times(sparse_layer, calls).items()}
-        total = sum(times.values())
-        for name, ms in sorted(times.items(), key=lambda item: -item[1]):
-            lines.append(f"| {seq // 1024}K | `{name}` | {ms:.3f} | {ms / total:.1%} |")
-        del q, k, v, sparse_layer
+        layers = [SparseLayer(library, patterns, q, k, v) for library in libraries]
+        call_ms = median_ms(*layers, reps=calls)  # its warm-up is each layer's first call
+        for name, sparse_layer, whole in zip(names, layers, call_ms, strict=True):
+            times = {kernel: statistics.median(ms) for kernel, ms in kernel_times(sparse_layer, calls).items()}
+            total = sum(times.values())
+            for kernel, ms in sorted(times.items(), key=lambda item: -item[1]):
+                lines.append(f"| {seq // 1024}K | {name} | `{kernel}` | {ms:.3f} | {ms / total:.1%} |")
+            lines.append(f"| {seq // 1024}K | {name} | all kernels | {total:.3f} | {sparse_layer.tiles()} tiles |")
+            lines.append(
+                f"| {seq // 1024}K | {name} | the call (CUDA events, builds in turns) | {whole:.3f} | "
+                f"{whole - total:+.3f} ms outside the kernels |"
+            )
+        del q, k, v, layers
         torch.cuda.empty_cache()
     text = "\n".join(lines)
     print(text)
