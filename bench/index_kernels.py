@@ -20,7 +20,7 @@ from typing import Annotated
 
 import torch
 import typer
-from bench_kernels import LLM_LIKE_SEED, SparseLayer, layer_patterns, make_inputs, median_ms  # bench/
+from bench_kernels import LLM_LIKE_SEED, SparseLayer, layer_patterns, make_inputs, median_ms, turn_cycle
 
 from minfer.runtime import kernels
 
@@ -31,15 +31,17 @@ def kernel_name(key: str) -> str:
     return re.sub(r"^void |minfer::|\(anonymous namespace\)::| ?__grid_constant__| ?\bconst\b", "", key)
 
 
-def kernel_times(layer: SparseLayer, calls: int) -> dict[str, list[float]]:
-    """ms per kernel name for each of `calls` launches (names the same once shortened are summed)."""
-    times: dict[str, list[float]] = defaultdict(list)
-    for _ in range(calls):
+def kernel_times(layers: list[SparseLayer], calls: int) -> list[dict[str, list[float]]]:
+    """Per layer, ms per kernel name for each of at least `calls` profiled launches, the layers taking turns as in
+    bench_kernels.median_ms (names the same once shortened are summed within a launch)."""
+    times: list[dict[str, list[float]]] = [defaultdict(list) for _ in layers]
+    cycle = turn_cycle(len(layers))
+    for which in cycle * -(-calls * len(layers) // len(cycle)):
         per_call: dict[str, float] = defaultdict(float)
-        for name, ms in layer.kernel_ms_by_name().items():
+        for name, ms in layers[which].kernel_ms_by_name().items():
             per_call[kernel_name(name)] += ms
         for name, ms in per_call.items():
-            times[name].append(ms)
+            times[which][name].append(ms)
     return times
 
 
@@ -62,8 +64,9 @@ def main(
         q, k, v = make_inputs(family, seq, seed=LLM_LIKE_SEED)
         layers = [SparseLayer(library, patterns, q, k, v) for library in libraries]
         call_ms = median_ms(*layers, reps=calls)  # its warm-up is each layer's first call
-        for name, sparse_layer, whole in zip(names, layers, call_ms, strict=True):
-            times = {kernel: statistics.median(ms) for kernel, ms in kernel_times(sparse_layer, calls).items()}
+        profiled = kernel_times(layers, calls)
+        for name, sparse_layer, whole, per_kernel in zip(names, layers, call_ms, profiled, strict=True):
+            times = {kernel: statistics.median(ms) for kernel, ms in per_kernel.items()}
             total = sum(times.values())
             for kernel, ms in sorted(times.items(), key=lambda item: -item[1]):
                 lines.append(f"| {seq // 1024}K | {name} | `{kernel}` | {ms:.3f} | {ms / total:.1%} |")
