@@ -2,9 +2,9 @@
 # One command on the GPU machine: build the native code, run every GPU test, compute-sanitizer at small
 # sizes, the kernel benchmark, the pattern-search timing and the end-to-end pre-fill benchmark.
 # Stages (comma-separated): all (every stage but the optional ones below), build, test, sanitize, bench, search,
-# e2e, and the optional index (bench/index_kernels.py: each kernel's time), profile (ncu), variants (other builds
-# from bench/build_variants.sh: the GPU kernel tests on each, then one benchmark of the tree beside those that
-# passed) and wgmma (bench/wgmma_rate.cu: the consumer's tensor rate alone). Logs go to $OUT. BENCH_ARGS,
+# e2e, and the optional index (bench/index_kernels.py: each kernel's time, beside carried builds), profile (ncu),
+# variants (other builds from bench/build_variants.sh: the GPU kernel tests on each, then one benchmark of the tree
+# beside those that passed) and wgmma (bench/wgmma_rate.cu: the consumer's tensor rate alone). Logs go to $OUT. BENCH_ARGS,
 # INDEX_ARGS, E2E_ARGS and PYTEST_ARGS pass options on.
 # Example (device tool, with carry [".whl", ".carry"]): bash bench/device.sh build,test,search,e2e
 set -uo pipefail
@@ -73,8 +73,11 @@ if has variants; then
   python bench/bench_kernels.py ${BENCH_ARGS:-} "${compare[@]}" --out "$OUT/variants.md" 2>&1 | tee "$OUT/variants.log" | grep "^|"
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
-if has index; then  # the time of each kernel of the benchmark layer's launch, index building broken down
-  python bench/index_kernels.py ${INDEX_ARGS:-} --out "$OUT/index-kernels.md" 2>&1 | tee "$OUT/index-kernels.log" | grep "^|"
+if has index; then  # the time of each kernel of the benchmark layer's launch, index building broken down, for the
+  # tree's build and each carried build-var-*/ beside it (their whole calls timed in turns)
+  libs=(--library build/libminfer_kernels.so)
+  for lib in build-var-*/libminfer_kernels.so; do [[ -f $lib ]] && libs+=(--library "$lib"); done
+  python bench/index_kernels.py "${libs[@]}" ${INDEX_ARGS:-} --out "$OUT/index-kernels.md" 2>&1 | tee "$OUT/index-kernels.log" | grep "^|"
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 if has wgmma; then  # 64- against 128-key tiles, one to three consumers, softmax or none, turns, Q in registers or not
