@@ -85,6 +85,13 @@ def turn_cycle(n: int) -> list[int]:
     return path + path[::-1]
 
 
+def turns(n: int, reps: int) -> list[int]:
+    """The order in which n calls run at least reps times each: whole turn_cycles, so every call keeps its even
+    share of predecessors and positions."""
+    cycle = turn_cycle(n)
+    return cycle * -(-reps * n // len(cycle))
+
+
 def median_ms(*fns: Callable[[], object], reps: int, warmup: int = 1) -> list[float]:
     """The median time of each call, the calls taking turns so that the clock's drift under the power cap (1230
     to 1730 MHz within one run) falls on every build alike, not on whichever runs last, and each after each alike
@@ -93,8 +100,7 @@ def median_ms(*fns: Callable[[], object], reps: int, warmup: int = 1) -> list[fl
         for _ in range(warmup):
             fn()
     times: list[list[float]] = [[] for _ in fns]
-    cycle = turn_cycle(len(fns))
-    for which in cycle * -(-reps * len(fns) // len(cycle)):
+    for which in turns(len(fns), reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fns[which]()

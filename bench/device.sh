@@ -4,8 +4,8 @@
 # Stages (comma-separated): all (every stage but the optional ones below), build, test, sanitize, bench, search,
 # e2e, and the optional index (bench/index_kernels.py: each kernel's time, beside carried builds), profile (ncu),
 # variants (other builds from bench/build_variants.sh: the GPU kernel tests on each, then one benchmark of the tree
-# beside those that passed) and wgmma (bench/wgmma_rate.cu: the consumer's tensor rate alone). Logs go to $OUT. BENCH_ARGS,
-# INDEX_ARGS, E2E_ARGS and PYTEST_ARGS pass options on.
+# beside those that passed) and wgmma (bench/wgmma_rate.cu: the consumer's tensor rate alone). Logs go to $OUT.
+# BENCH_ARGS, INDEX_ARGS, E2E_ARGS and PYTEST_ARGS pass options on.
 # Example (device tool, with carry [".whl", ".carry"]): bash bench/device.sh build,test,search,e2e
 set -uo pipefail
 cd "$(dirname "$0")/.."

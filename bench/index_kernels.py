@@ -20,7 +20,7 @@ from typing import Annotated
 
 import torch
 import typer
-from bench_kernels import LLM_LIKE_SEED, SparseLayer, layer_patterns, make_inputs, median_ms, turn_cycle
+from bench_kernels import LLM_LIKE_SEED, SparseLayer, layer_patterns, make_inputs, median_ms, turns
 
 from minfer.runtime import kernels
 
@@ -35,8 +35,7 @@ def kernel_times(layers: list[SparseLayer], calls: int) -> list[dict[str, list[f
     """Per layer, ms per kernel name for each of at least `calls` profiled launches, the layers taking turns as in
     bench_kernels.median_ms (names the same once shortened are summed within a launch)."""
     times: list[dict[str, list[float]]] = [defaultdict(list) for _ in layers]
-    cycle = turn_cycle(len(layers))
-    for which in cycle * -(-calls * len(layers) // len(cycle)):
+    for which in turns(len(layers), calls):
         per_call: dict[str, float] = defaultdict(float)
         for name, ms in layers[which].kernel_ms_by_name().items():
             per_call[kernel_name(name)] += ms
