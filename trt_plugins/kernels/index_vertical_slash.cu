@@ -76,6 +76,19 @@ __device__ __forceinline__ void stream_key_tiles(uint32_t buffers, const T* k_he
   cp_async_wait<0>();
 }
 
+// Runs body(rg, s) for each of the estimate's query groups rg, s its logits against k_tile: the row-group walk of
+// row_stats and scores, unrolled so that per-group register arrays stay in registers.
+template <typename T, int D, typename Body>
+__device__ __forceinline__ void for_each_row_group(int groups, uint32_t q_tiles, uint32_t k_tile, Body&& body) {
+#pragma unroll
+  for (int rg = 0; rg < kMaxRowGroups; ++rg) {
+    if (rg >= groups) break;
+    float s[32];
+    qk_tile_smem_q<T, D>(s, q_tiles + rg * Tile<D>::kBytes, k_tile);
+    body(rg, s);
+  }
+}
+
 // Per key split: each estimate row's running max (base 2, scaled) and sum of exponentials.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) row_stats_kernel(const __grid_constant__ LaunchParams p, const T* q,
@@ -97,11 +110,7 @@ __global__ void __launch_bounds__(kThreads) row_stats_kernel(const __grid_consta
   const int first = int(blockIdx.x) * (kRowSplitKeys / kBlock);
   const int last = int((min(seq, int64_t(first) * kBlock + kRowSplitKeys) + kBlock - 1) / kBlock) - 1;
   stream_key_tiles<T, D>(k_tiles, k_head, seq, first, last, [&](int kt, uint32_t k_tile) {
-#pragma unroll
-    for (int rg = 0; rg < kMaxRowGroups; ++rg) {
-      if (rg >= groups) break;
-      float s[32];
-      qk_tile_smem_q<T, D>(s, q_tiles + rg * Tile<D>::kBytes, k_tile);
+    for_each_row_group<T, D>(groups, q_tiles, k_tile, [&](int rg, float(&s)[32]) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         // S <= 2^30 (validate.cpp); a real row (below lq) is below S, so key <= row keeps its keys below S
@@ -125,7 +134,7 @@ __global__ void __launch_bounds__(kThreads) row_stats_kernel(const __grid_consta
         run_sum[rg][r] = run_sum[rg][r] * exp2f(run_max[rg][r] - new_max) + sum;
         run_max[rg][r] = new_max;
       }
-    }
+    });
   });
   float2* partials = reinterpret_cast<float2*>(ws + p.layout.row_partials) +
                      (v.index * p.layout.row_splits + blockIdx.x) * p.layout.max_lq;
@@ -203,11 +212,7 @@ __global__ void __launch_bounds__(kThreads) scores_kernel(const __grid_constant_
   const int last = min(t_end - 1 + ext, num_key_tiles - 1);
   stream_key_tiles<T, D>(k_tiles, k_head, seq, max(t_begin, 0), last, [&](int kt, uint32_t k_tile) {
     const auto owned = [&](int t) { return t >= t_begin && t < t_end; };
-#pragma unroll
-    for (int rg = 0; rg < kMaxRowGroups; ++rg) {
-      if (rg >= groups) break;
-      float s[32];
-      qk_tile_smem_q<T, D>(s, q_tiles + rg * Tile<D>::kBytes, k_tile);
+    for_each_row_group<T, D>(groups, q_tiles, k_tile, [&](int rg, float(&s)[32]) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int local_row = 16 * warp + g + 8 * r, est_row = rg * kBlock + local_row;
@@ -242,7 +247,7 @@ __global__ void __launch_bounds__(kThreads) scores_kernel(const __grid_constant_
         }
       }
       __syncthreads();
-    }
+    });
     if (tid < kBlock) {
       const int64_t key = int64_t(kt) * kBlock + tid;
       if (owned(kt) && key < seq) column_scores[key] = column;
