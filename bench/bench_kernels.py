@@ -22,6 +22,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -128,6 +129,17 @@ def dense_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) 
     return call
 
 
+@dataclass
+class CallProfile:
+    """One profiled call: GPU ms per kernel (by demangled name, a name launched twice summed), the span from its
+    first kernel's start to its last one's end, and the call timed with CUDA events. The span less the kernels is
+    the GPU idle between them; the events less the span, the wait for the host before the first kernel."""
+
+    kernel_ms: dict[str, float]
+    span_ms: float
+    event_ms: float
+
+
 class SparseLayer:
     """One layer's launch through the C ABI, with its workspace allocated once (as the plugin does)."""
 
@@ -151,21 +163,28 @@ class SparseLayer:
         _, counts = self.library.debug_tiles(self.pattern, self.problem, self.workspace, items, 0, self.stream)
         return int(counts.long().sum())
 
-    def kernel_ms_by_name(self) -> dict[str, float]:
-        """GPU ms of each of our kernels in one call, by demangled name, from the profiler's kernel records (a
-        name launched twice in the call is summed)."""
+    def profile(self) -> CallProfile:
+        """One call under the torch profiler, its kernels' records and CUDA events around it."""
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            start.record()
             self()
-            torch.cuda.synchronize()
+            end.record()
+            end.synchronize()
+        records = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and "minfer::" in e.name]
         per_kernel: dict[str, float] = defaultdict(float)
-        for event in prof.events():
-            if event.device_type == torch.autograd.DeviceType.CUDA and "minfer::" in event.name:
-                per_kernel[event.name] += event.device_time / 1e3
-        return dict(per_kernel)
+        for event in records:
+            per_kernel[event.name] += event.device_time / 1e3
+        span = (
+            (max(e.time_range.end for e in records) - min(e.time_range.start for e in records)) / 1e3
+            if records
+            else 0.0
+        )
+        return CallProfile(dict(per_kernel), span, start.elapsed_time(end))
 
     def kernel_ms(self) -> tuple[float, float]:
         """(index building, attention) GPU time of one call."""
-        per_kernel = self.kernel_ms_by_name()
+        per_kernel = self.profile().kernel_ms
         attention = sum(ms for name, ms in per_kernel.items() if "attention_kernel" in name)
         if attention == 0.0:  # under Nsight Compute the torch profiler gets no kernel records
             console.print("[yellow]the profiler recorded no attention kernel (Nsight Compute attached?)[/]")

@@ -1,10 +1,12 @@
 """Where the index building's time goes: the GPU time of each kernel of one layer's launch (the benchmark layer
 of bench_kernels.py), from the torch profiler's kernel records, median over several calls. The index share at
 128K LLM-like (6.6% in v17, 3.5% since the index kernels' rework; docs/kernels.md) is the part of the 5x target
-the attention kernel does not decide. Beside the kernels, each build's whole call timed with CUDA events (builds
-in turns, bench_kernels.median_ms) and what of it no kernel accounts for, and the tiles its attention computes:
-in the eleventh session two builds whose kernels took 50.06 ms each at 128K LLM-like ran 50.5 and 52.5 ms per
-call in bench_kernels.py.
+the attention kernel does not decide. Beside the kernels, per build: the profiled calls' span from the first
+kernel's start to the last one's end (less the kernels: the GPU idle between them), those calls timed with CUDA
+events (less the span: the wait for the host before the first kernel), the call timed unprofiled with CUDA
+events (builds in turns, bench_kernels.median_ms), the clocks over each phase, and the tiles its attention
+computes. In the eleventh session two builds whose kernels took 50.06 ms each at 128K LLM-like ran 50.5 and
+52.5 ms per call in bench_kernels.py.
 
     python bench/index_kernels.py --lengths 131072,1048576 --out out/index-kernels.md   # on the GPU
     python bench/index_kernels.py --library build/libminfer_kernels.so --library build-var-main/libminfer_kernels.so
@@ -20,7 +22,8 @@ from typing import Annotated
 
 import torch
 import typer
-from bench_kernels import LLM_LIKE_SEED, SparseLayer, layer_patterns, make_inputs, median_ms, turns
+from bench_kernels import LLM_LIKE_SEED, CallProfile, SparseLayer, layer_patterns, make_inputs, median_ms, turns
+from gpu_clocks import ClockSampler
 
 from minfer.runtime import kernels
 
@@ -31,17 +34,17 @@ def kernel_name(key: str) -> str:
     return re.sub(r"^void |minfer::|\(anonymous namespace\)::| ?__grid_constant__| ?\bconst\b", "", key)
 
 
-def kernel_times(layers: list[SparseLayer], calls: int) -> list[dict[str, list[float]]]:
-    """Per layer, ms per kernel name for each of at least `calls` profiled launches, the layers taking turns as in
-    bench_kernels.median_ms (names the same once shortened are summed within a launch)."""
-    times: list[dict[str, list[float]]] = [defaultdict(list) for _ in layers]
+def profiles(layers: list[SparseLayer], calls: int) -> list[list[CallProfile]]:
+    """Per layer, at least `calls` profiled launches, the layers taking turns as in bench_kernels.median_ms, each
+    launch's kernel names shortened (names the same once shortened are summed within a launch)."""
+    runs: list[list[CallProfile]] = [[] for _ in layers]
     for which in turns(len(layers), calls):
-        per_call: dict[str, float] = defaultdict(float)
-        for name, ms in layers[which].kernel_ms_by_name().items():
-            per_call[kernel_name(name)] += ms
-        for name, ms in per_call.items():
-            times[which][name].append(ms)
-    return times
+        run = layers[which].profile()
+        per_kernel: dict[str, float] = defaultdict(float)
+        for name, ms in run.kernel_ms.items():
+            per_kernel[kernel_name(name)] += ms
+        runs[which].append(CallProfile(dict(per_kernel), run.span_ms, run.event_ms))
+    return runs
 
 
 def main(
@@ -58,24 +61,38 @@ def main(
     libraries = [kernels.KernelLibrary(path) for path in library_paths] if library_paths else [kernels.load_library()]
     names = [str(path) for path in library_paths] if library_paths else ["build"]
     patterns = layer_patterns(config, layer)
+    clocks = ClockSampler()
     lines = ["| S | library | kernel | ms (median) | share of the launch |", "|---|---|---|---|---|"]
     for seq in (int(s) for s in lengths.split(",")):
         q, k, v = make_inputs(family, seq, seed=LLM_LIKE_SEED)
         layers = [SparseLayer(library, patterns, q, k, v) for library in libraries]
-        call_ms = median_ms(*layers, reps=calls)  # its warm-up is each layer's first call
-        profiled = kernel_times(layers, calls)
-        for name, sparse_layer, whole, per_kernel in zip(names, layers, call_ms, profiled, strict=True):
-            times = {kernel: statistics.median(ms) for kernel, ms in per_kernel.items()}
+        with clocks.measured() as timed_window:
+            call_ms = median_ms(*layers, reps=calls)  # its warm-up is each layer's first call
+        with clocks.measured() as profiled_window:
+            profiled = profiles(layers, calls)
+        for name, sparse_layer, whole, runs in zip(names, layers, call_ms, profiled, strict=True):
+            by_kernel: dict[str, list[float]] = defaultdict(list)
+            for run in runs:
+                for kernel, ms in run.kernel_ms.items():
+                    by_kernel[kernel].append(ms)
+            times = {kernel: statistics.median(ms) for kernel, ms in by_kernel.items()}
             total = sum(times.values())
+            span = statistics.median(run.span_ms for run in runs)
+            profiled_call = statistics.median(run.event_ms for run in runs)
+            row = f"| {seq // 1024}K | {name} |"
             for kernel, ms in sorted(times.items(), key=lambda item: -item[1]):
-                lines.append(f"| {seq // 1024}K | {name} | `{kernel}` | {ms:.3f} | {ms / total:.1%} |")
-            lines.append(f"| {seq // 1024}K | {name} | all kernels | {total:.3f} | {sparse_layer.tiles()} tiles |")
-            lines.append(
-                f"| {seq // 1024}K | {name} | the call (CUDA events, builds in turns) | {whole:.3f} | "
-                f"{whole - total:+.3f} ms outside the kernels |"
-            )
+                lines.append(f"{row} `{kernel}` | {ms:.3f} | {ms / total:.1%} |")
+            lines += [
+                f"{row} all kernels | {total:.3f} | {sparse_layer.tiles()} tiles |",
+                f"{row} first kernel's start to last one's end | {span:.3f} | {span - total:+.3f} ms between kernels |",
+                f"{row} the profiled call (CUDA events; {profiled_window.clocks or '-'}) | {profiled_call:.3f} | "
+                f"{profiled_call - span:+.3f} ms before the first kernel and after the last |",
+                f"{row} the call unprofiled (CUDA events, builds in turns; {timed_window.clocks or '-'}) | "
+                f"{whole:.3f} | {whole - profiled_call:+.3f} ms against the profiled call |",
+            ]
         del q, k, v, layers
         torch.cuda.empty_cache()
+    clocks.close()
     text = "\n".join(lines)
     print(text)
     if out:
