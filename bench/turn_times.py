@@ -1,0 +1,84 @@
+"""Each timed call of builds (and dense SDPA) taking turns, grouped by the call that ran just before it. A build
+whose kernels the profiler times alike with another's (bench/index_kernels.py) ran 2 ms slower than it at 128K
+LLM-like in bench_kernels.py with cuDNN in the turns, and alike without it (eleventh and twelfth sessions of
+2026-12-02): which predecessor, if any, the slowness follows.
+
+    python bench/turn_times.py --library build/libminfer_kernels.so --library build-var-main/libminfer_kernels.so
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from bench_kernels import LLM_LIKE_SEED, SparseLayer, dense_call, layer_patterns, make_inputs, turns
+from gpu_clocks import ClockSampler
+
+from minfer.runtime import kernels
+
+
+def timed_in_turns(calls: list, reps: int) -> list[tuple[int, int, float]]:
+    """(call, predecessor, ms) of each timed call, in the order of bench_kernels.turns after one warm-up each."""
+    for call in reversed(calls):
+        call()
+    order = turns(len(calls), reps)
+    timed = []
+    for position, which in enumerate(order):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        calls[which]()
+        end.record()
+        end.synchronize()
+        timed.append((which, order[position - 1] if position else 0, start.elapsed_time(end)))
+    return timed
+
+
+def main(
+    library_paths: Annotated[list[Path], typer.Option("--library", help="libminfer_kernels.so (repeat)")],
+    lengths: Annotated[str, typer.Option(help="comma-separated S")] = "131072",
+    family: Annotated[str, typer.Option(help="llm-like or iid")] = "llm-like",
+    dense: Annotated[bool, typer.Option(help="cuDNN SDPA in the turns too")] = True,
+    reps: Annotated[int, typer.Option(help="timed calls per build, rounded up to whole cycles")] = 12,
+    config: Annotated[Path | None, typer.Option(help="MInference pattern config")] = None,
+    layer: int = 16,
+    out: Annotated[Path | None, typer.Option(help="write the table here too")] = None,
+) -> None:
+    patterns = layer_patterns(config, layer)
+    names = [str(path) for path in library_paths] + (["cuDNN"] if dense else [])
+    clocks = ClockSampler()
+    lines = ["| S | call | after | calls | ms (median) | min | max |", "|---|---|---|---|---|---|---|"]
+    for seq in (int(s) for s in lengths.split(",")):
+        q, k, v = make_inputs(family, seq, seed=LLM_LIKE_SEED)
+        calls = [SparseLayer(kernels.KernelLibrary(path), patterns, q, k, v) for path in library_paths]
+        calls += [dense_call(q, k, v, "cudnn")] if dense else []
+        with clocks.measured() as window:
+            timed = timed_in_turns(calls, reps)
+        groups: dict[tuple[int, int | None], list[float]] = defaultdict(list)
+        for which, before, ms in timed:
+            groups[which, before].append(ms)
+            groups[which, None].append(ms)
+        for (which, before), ms in sorted(
+            groups.items(), key=lambda item: (item[0][0], -1 if item[0][1] is None else item[0][1])
+        ):
+            after = "any" if before is None else names[before]
+            lines.append(
+                f"| {seq // 1024}K | {names[which]} | {after} | {len(ms)} | {statistics.median(ms):.3f} | "
+                f"{min(ms):.3f} | {max(ms):.3f} |"
+            )
+        print(f"{seq // 1024}K in order:", ", ".join(f"{which}:{ms:.2f}" for which, _, ms in timed))
+        lines.append(f"| {seq // 1024}K | clocks over the turns | {window.clocks or '-'} | | | | |")
+        del q, k, v, calls
+        torch.cuda.empty_cache()
+    clocks.close()
+    text = "\n".join(lines)
+    print(text)
+    if out:
+        out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    typer.run(main)
