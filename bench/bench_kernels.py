@@ -86,22 +86,36 @@ def turn_cycle(n: int) -> list[int]:
     return path + path[::-1]
 
 
-def turns(n: int, reps: int) -> list[int]:
-    """The order in which n calls run at least reps times each: whole turn_cycles, so every call keeps its even
-    share of predecessors and positions."""
+def build_cycle(n: int, builds: int) -> list[int]:
+    """turn_cycle(n) once per cyclic shift of the labels of the first `builds` calls (builds of one call), so that
+    each of them takes every build's place in it once and all see the same calls before them at every distance.
+    turn_cycle balances only the call just before: the dense call slows the next two sparse ones (twelfth session,
+    bench/turn_times.py: 54.4 ms after cuDNN, 50.3 after itself at 128K), and in turn_cycle(3) build 1 runs within
+    two calls of dense 5 times out of 6, build 0 3 times, so two identical builds ran 2% apart. The shifts run from
+    the last to 0, so the cycle still ends with call 0; two calls need no shift (their cycle is its own)."""
     cycle = turn_cycle(n)
+    if builds < 2 or n == 2:
+        return cycle
+    return [c if c >= builds else (c + shift) % builds for shift in reversed(range(builds)) for c in cycle]
+
+
+def turns(n: int, reps: int, builds: int | None = None) -> list[int]:
+    """The order in which n calls, the first `builds` of them (all by default) builds of one call, run at least
+    reps times each: whole build_cycles, so every call keeps its even share of predecessors and positions."""
+    cycle = build_cycle(n, n if builds is None else builds)
     return cycle * -(-reps * n // len(cycle))
 
 
-def median_ms(*fns: Callable[[], object], reps: int, warmup: int = 1) -> list[float]:
+def median_ms(*fns: Callable[[], object], reps: int, warmup: int = 1, builds: int | None = None) -> list[float]:
     """The median time of each call, the calls taking turns so that the clock's drift under the power cap (1230
     to 1730 MHz within one run) falls on every build alike, not on whichever runs last, and each after each alike
-    (turn_cycle). Each call is timed reps times, rounded up to whole cycles."""
+    (turns; `builds`: how many leading calls are builds of one call, all by default). Each call is timed reps
+    times, rounded up to whole cycles."""
     for fn in reversed(fns):  # the warm-up ends with call 0, the first timed call's predecessor in the cycle
         for _ in range(warmup):
             fn()
     times: list[list[float]] = [[] for _ in fns]
-    for which in turns(len(fns), reps):
+    for which in turns(len(fns), reps, builds):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fns[which]()
@@ -260,12 +274,14 @@ def main(
                 q, k, v = (dense_q, dense_k, dense_v) if family == "iid" else make_inputs(family, seq, seed=seed)
                 layer_run = SparseLayer(library, patterns, q, k, v)
                 other_runs = [SparseLayer(other, patterns, q, k, v) for other in others]
-                turns = list(dense_calls.values()) if dense_in_turns else []
+                dense_turns = list(dense_calls.values()) if dense_in_turns else []
                 with clocks.measured() as window:
-                    total, *rest = median_ms(layer_run, *other_runs, *turns, reps=reps * (2 * scale_reps + 1))
+                    total, *rest = median_ms(
+                        layer_run, *other_runs, *dense_turns, reps=reps * (2 * scale_reps + 1), builds=1 + len(others)
+                    )
                 del other_runs
                 compared_ms = rest[: len(others)]
-                dense_times = dict(zip(dense_calls, rest[len(others) :], strict=True)) if turns else alone_times
+                dense_times = dict(zip(dense_calls, rest[len(others) :], strict=True)) if dense_turns else alone_times
                 best_name = min(dense_times, key=dense_times.get)
                 index_ms, attention_ms = layer_run.kernel_ms()
                 tiles = layer_run.tiles()

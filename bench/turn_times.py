@@ -21,11 +21,11 @@ from gpu_clocks import ClockSampler
 from minfer.runtime import kernels
 
 
-def timed_in_turns(calls: list, reps: int) -> list[tuple[int, int, float]]:
+def timed_in_turns(calls: list, reps: int, builds: int) -> list[tuple[int, int, float]]:
     """(call, predecessor, ms) of each timed call, in the order of bench_kernels.turns after one warm-up each."""
     for call in reversed(calls):
         call()
-    order = turns(len(calls), reps)
+    order = turns(len(calls), reps, builds)
     timed = []
     for position, which in enumerate(order):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -56,7 +56,7 @@ def main(
         calls = [SparseLayer(kernels.KernelLibrary(path), patterns, q, k, v) for path in library_paths]
         calls += [dense_call(q, k, v, "cudnn")] if dense else []
         with clocks.measured() as window:
-            timed = timed_in_turns(calls, reps)
+            timed = timed_in_turns(calls, reps, len(library_paths))
         groups: dict[tuple[int, int | None], list[float]] = defaultdict(list)
         for which, before, ms in timed:
             groups[which, before].append(ms)

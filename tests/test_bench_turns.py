@@ -2,8 +2,9 @@
 
 Under the H200's power cap the SM clock drifts by hundreds of MHz within one benchmark run, so builds (and dense
 SDPA) timed one after another take that drift as their own; median_ms takes them in turns instead. These tests
-fail if it times each call's reps back to back again, mixes up whose time is whose, or lets one call follow the
-heavy dense call more often than another (a call runs at the clock its predecessor left).
+fail if it times each call's reps back to back again, mixes up whose time is whose, or lets one build follow the
+heavy dense call, or run within two calls of it, more often than another (a call runs at the clock the calls before
+it left).
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 class FakeGpu:
     """A GPU whose calls take `work` units at a speed that falls by `drift` per unit done (a warming GPU), and by
-    `after_heavy` more for a call right after one of at least `heavy` units (the clock a long call leaves)."""
+    `after_heavy` more for a call within `reach` calls after one of at least `heavy` units (the clock a long call
+    leaves)."""
 
-    def __init__(self, drift: float, after_heavy: float = 0.0, heavy: float = float("inf")) -> None:
+    def __init__(self, drift: float, after_heavy: float = 0.0, heavy: float = float("inf"), reach: int = 1) -> None:
         self.now, self.done, self.drift = 0.0, 0.0, drift
-        self.after_heavy, self.heavy, self.last = after_heavy, heavy, 0.0
+        self.after_heavy, self.heavy, self.recent = after_heavy, heavy, [0.0] * reach
 
     def run(self, work: float) -> None:
-        slowdown = self.after_heavy if self.last >= self.heavy else 0.0
+        slowdown = self.after_heavy if max(self.recent) >= self.heavy else 0.0
         self.now += work * (1 + self.drift * self.done + slowdown)
-        self.done, self.last = self.done + work, work
+        self.done, self.recent = self.done + work, [*self.recent[1:], work]
 
     def event_class(self):
         gpu = self
@@ -68,7 +70,7 @@ def test_each_call_gets_its_own_time_and_the_orders_change(monkeypatch: pytest.M
         return run
 
     module = bench_kernels(monkeypatch, gpu)
-    medians = module.median_ms(call("a", 1.0), call("b", 3.0), call("c", 5.0), reps=3, warmup=1)
+    medians = module.median_ms(call("a", 1.0), call("b", 3.0), call("c", 5.0), reps=3, warmup=1, builds=1)
     assert medians == [1.0, 3.0, 5.0]
     warmup, turns = order[:3], order[3:]
     assert warmup == ["c", "b", "a"]  # ending with the first timed call's predecessor in the cycle
@@ -111,3 +113,25 @@ def test_a_heavy_call_slows_its_successors_alike(monkeypatch: pytest.MonkeyPatch
     module = bench_kernels(monkeypatch, gpu)
     tree, build, _ = module.median_ms(lambda: gpu.run(1.0), lambda: gpu.run(1.0), lambda: gpu.run(5.0), reps=18)
     assert abs(tree - build) / build < 0.01
+
+
+def test_builds_alike_however_far_a_heavy_call_reaches(monkeypatch: pytest.MonkeyPatch) -> None:
+    # as above, but dense slows the next two calls (bench/turn_times.py, twelfth session: 54.4 ms after cuDNN,
+    # 50.3 after itself at 128K). turn_cycle(3) alone runs the build within two calls of dense 5 times out of 6 and
+    # the tree 3 times: 5% apart here.
+    gpu = FakeGpu(drift=0.0, after_heavy=0.10, heavy=5.0, reach=2)
+    module = bench_kernels(monkeypatch, gpu)
+    calls = (lambda: gpu.run(1.0), lambda: gpu.run(1.0), lambda: gpu.run(5.0))
+    tree, build, _ = module.median_ms(*calls, reps=12, builds=1)
+    assert abs(tree - build) / build > 0.03  # the imbalance the shifts remove
+    tree, build, _ = module.median_ms(*calls, reps=12, builds=2)
+    assert abs(tree - build) / build < 0.01
+
+
+@pytest.mark.parametrize(("calls", "builds"), [(2, 2), (3, 2), (3, 3), (4, 3), (5, 2)])
+def test_every_build_has_every_builds_place(monkeypatch: pytest.MonkeyPatch, calls: int, builds: int) -> None:
+    cycle = bench_kernels(monkeypatch, FakeGpu(drift=0.0)).build_cycle(calls, builds)
+    shifted = [c if c >= builds else (c + 1) % builds for c in cycle]
+    assert any(shifted == cycle[k:] + cycle[:k] for k in range(len(cycle)))  # the same cycle, seen from elsewhere
+    assert Counter(cycle) == dict.fromkeys(range(calls), len(cycle) // calls)
+    assert cycle[-1] == 0  # the warm-up's last call
