@@ -106,23 +106,39 @@ def turns(n: int, reps: int, builds: int | None = None) -> list[int]:
     return cycle * -(-reps * n // len(cycle))
 
 
-def median_ms(*fns: Callable[[], object], reps: int, warmup: int = 1, builds: int | None = None) -> list[float]:
-    """The median time of each call, the calls taking turns so that the clock's drift under the power cap (1230
-    to 1730 MHz within one run) falls on every build alike, not on whichever runs last, and each after each alike
-    (turns; `builds`: how many leading calls are builds of one call, all by default). Each call is timed reps
-    times, rounded up to whole cycles."""
+def timed_in_turns(
+    *fns: Callable[[], object], reps: int, warmup: int = 1, builds: int | None = None
+) -> list[tuple[int, int, float]]:
+    """(call, the call before it, ms) of each timed call, after `warmup` untimed calls of each, in the order of
+    turns (`builds`: how many leading calls are builds of one call, all by default), timed with CUDA events."""
     for fn in reversed(fns):  # the warm-up ends with call 0, the first timed call's predecessor in the cycle
         for _ in range(warmup):
             fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for which in turns(len(fns), reps, builds):
+    order = turns(len(fns), reps, builds)
+    timed = []
+    for position, which in enumerate(order):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fns[which]()
         end.record()
         end.synchronize()
-        times[which].append(start.elapsed_time(end))
-    return [statistics.median(t) for t in times]
+        timed.append((which, order[position - 1], start.elapsed_time(end)))  # order[-1] is 0, as the warm-up's end
+    return timed
+
+
+def balanced_ms(*fns: Callable[[], object], reps: int, warmup: int = 1, builds: int | None = None) -> list[float]:
+    """Each call's time in turns with the others (timed_in_turns, so the clock's drift under the power cap, 1230 to
+    1730 MHz within one run, falls on every build alike): its median after each call that came before it, averaged
+    over those by how often each did. Not the median of all its times: after cuDNN the sparse call ran 54 ms at 128K,
+    after itself 50, each in half of the turns, and the median of the two clusters fell on either side (4.56x to
+    4.96x over cuDNN on one tree, twelfth session)."""
+    after: list[dict[int, list[float]]] = [defaultdict(list) for _ in fns]
+    for which, before, ms in timed_in_turns(*fns, reps=reps, warmup=warmup, builds=builds):
+        after[which][before].append(ms)
+    return [
+        sum(len(ms) * statistics.median(ms) for ms in by_before.values()) / sum(map(len, by_before.values()))
+        for by_before in after
+    ]
 
 
 def dense_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> Callable[[], object]:
@@ -265,7 +281,7 @@ def main(
             alone_times, alone_clocks = {}, {}
             for name, call in dense_calls.items():
                 with clocks.measured() as window:
-                    alone_times[name] = median_ms(call, reps=scale_reps)[0]
+                    alone_times[name] = balanced_ms(call, reps=scale_reps)[0]
                 alone_clocks[name] = window.clocks
             best_alone = min(alone_times, key=alone_times.get)
             progress.advance(task)
@@ -276,7 +292,7 @@ def main(
                 other_runs = [SparseLayer(other, patterns, q, k, v) for other in others]
                 dense_turns = list(dense_calls.values()) if dense_in_turns else []
                 with clocks.measured() as window:
-                    total, *rest = median_ms(
+                    total, *rest = balanced_ms(
                         layer_run, *other_runs, *dense_turns, reps=reps * (2 * scale_reps + 1), builds=1 + len(others)
                     )
                 del other_runs

@@ -4,7 +4,7 @@ of bench_kernels.py), from the torch profiler's kernel records, median over seve
 the attention kernel does not decide. Beside the kernels, per build: the profiled calls' span from the first
 kernel's start to the last one's end (less the kernels: the GPU idle between them), those calls timed with CUDA
 events (less the span: the wait for the host before the first kernel), the call timed unprofiled with CUDA
-events (builds in turns, bench_kernels.median_ms), the clocks over each phase, and the tiles its attention
+events (builds in turns, bench_kernels.balanced_ms), the clocks over each phase, and the tiles its attention
 computes. In the eleventh session two builds whose kernels took 50.06 ms each at 128K LLM-like ran 50.5 and
 52.5 ms per call in bench_kernels.py.
 
@@ -22,7 +22,7 @@ from typing import Annotated
 
 import torch
 import typer
-from bench_kernels import LLM_LIKE_SEED, CallProfile, SparseLayer, layer_patterns, make_inputs, median_ms, turns
+from bench_kernels import LLM_LIKE_SEED, CallProfile, SparseLayer, balanced_ms, layer_patterns, make_inputs, turns
 from gpu_clocks import ClockSampler
 
 from minfer.runtime import kernels
@@ -35,7 +35,7 @@ def kernel_name(key: str) -> str:
 
 
 def profiles(layers: list[SparseLayer], calls: int) -> list[list[CallProfile]]:
-    """Per layer, at least `calls` profiled launches, the layers taking turns as in bench_kernels.median_ms, each
+    """Per layer, at least `calls` profiled launches, the layers taking turns as in bench_kernels.balanced_ms, each
     launch's kernel names shortened (names the same once shortened are summed within a launch)."""
     runs: list[list[CallProfile]] = [[] for _ in layers]
     for which in turns(len(layers), calls):
@@ -67,7 +67,7 @@ def main(
         q, k, v = make_inputs(family, seq, seed=LLM_LIKE_SEED)
         layers = [SparseLayer(library, patterns, q, k, v) for library in libraries]
         with clocks.measured() as timed_window:
-            call_ms = median_ms(*layers, reps=calls)  # its warm-up is each layer's first call
+            call_ms = balanced_ms(*layers, reps=calls)  # its warm-up is each layer's first call
         with clocks.measured() as profiled_window:
             profiled = profiles(layers, calls)
         for name, sparse_layer, whole, runs in zip(names, layers, call_ms, profiled, strict=True):

@@ -1,7 +1,8 @@
 """Each timed call of builds (and dense SDPA) taking turns, grouped by the call that ran just before it. A build
 whose kernels the profiler times alike with another's (bench/index_kernels.py) ran 2 ms slower than it at 128K
 LLM-like in bench_kernels.py with cuDNN in the turns, and alike without it (eleventh and twelfth sessions of
-2026-12-02): which predecessor, if any, the slowness follows.
+2026-12-02): which predecessor, if any, the slowness follows. (It followed the place in the turns, not the build:
+the second build ran within two calls of cuDNN more often; bench_kernels.build_cycle.)
 
     python bench/turn_times.py --library build/libminfer_kernels.so --library build-var-main/libminfer_kernels.so
 """
@@ -15,26 +16,10 @@ from typing import Annotated
 
 import torch
 import typer
-from bench_kernels import LLM_LIKE_SEED, SparseLayer, dense_call, layer_patterns, make_inputs, turns
+from bench_kernels import LLM_LIKE_SEED, SparseLayer, dense_call, layer_patterns, make_inputs, timed_in_turns
 from gpu_clocks import ClockSampler
 
 from minfer.runtime import kernels
-
-
-def timed_in_turns(calls: list, reps: int, builds: int) -> list[tuple[int, int, float]]:
-    """(call, predecessor, ms) of each timed call, in the order of bench_kernels.turns after one warm-up each."""
-    for call in reversed(calls):
-        call()
-    order = turns(len(calls), reps, builds)
-    timed = []
-    for position, which in enumerate(order):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        calls[which]()
-        end.record()
-        end.synchronize()
-        timed.append((which, order[position - 1] if position else 0, start.elapsed_time(end)))
-    return timed
 
 
 def main(
@@ -56,7 +41,7 @@ def main(
         calls = [SparseLayer(kernels.KernelLibrary(path), patterns, q, k, v) for path in library_paths]
         calls += [dense_call(q, k, v, "cudnn")] if dense else []
         with clocks.measured() as window:
-            timed = timed_in_turns(calls, reps, len(library_paths))
+            timed = timed_in_turns(*calls, reps=reps, builds=len(library_paths))
         groups: dict[tuple[int, int | None], list[float]] = defaultdict(list)
         for which, before, ms in timed:
             groups[which, before].append(ms)

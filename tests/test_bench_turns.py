@@ -1,7 +1,7 @@
-"""bench/bench_kernels.py's median_ms against a fake clock (CPU only).
+"""bench/bench_kernels.py's balanced_ms against a fake clock (CPU only).
 
 Under the H200's power cap the SM clock drifts by hundreds of MHz within one benchmark run, so builds (and dense
-SDPA) timed one after another take that drift as their own; median_ms takes them in turns instead. These tests
+SDPA) timed one after another take that drift as their own; balanced_ms takes them in turns instead. These tests
 fail if it times each call's reps back to back again, mixes up whose time is whose, or lets one build follow the
 heavy dense call, or run within two calls of it, more often than another (a call runs at the clock the calls before
 it left).
@@ -70,7 +70,7 @@ def test_each_call_gets_its_own_time_and_the_orders_change(monkeypatch: pytest.M
         return run
 
     module = bench_kernels(monkeypatch, gpu)
-    medians = module.median_ms(call("a", 1.0), call("b", 3.0), call("c", 5.0), reps=3, warmup=1, builds=1)
+    medians = module.balanced_ms(call("a", 1.0), call("b", 3.0), call("c", 5.0), reps=3, warmup=1, builds=1)
     assert medians == [1.0, 3.0, 5.0]
     warmup, turns = order[:3], order[3:]
     assert warmup == ["c", "b", "a"]  # ending with the first timed call's predecessor in the cycle
@@ -81,14 +81,14 @@ def test_each_call_gets_its_own_time_and_the_orders_change(monkeypatch: pytest.M
 def test_reps_round_up_to_whole_cycles(monkeypatch: pytest.MonkeyPatch) -> None:
     gpu, runs = FakeGpu(drift=0.0), Counter()
     module = bench_kernels(monkeypatch, gpu)
-    module.median_ms(*(lambda i=i: runs.update([i]) for i in range(2)), reps=3, warmup=0)
+    module.balanced_ms(*(lambda i=i: runs.update([i]) for i in range(2)), reps=3, warmup=0)
     assert runs == {0: 4, 1: 4}  # one cycle of 8
 
 
 def test_a_drifting_clock_falls_on_identical_calls_alike(monkeypatch: pytest.MonkeyPatch) -> None:
     gpu = FakeGpu(drift=0.01)
     module = bench_kernels(monkeypatch, gpu)
-    first, second = module.median_ms(lambda: gpu.run(1.0), lambda: gpu.run(1.0), reps=9, warmup=0)
+    first, second = module.balanced_ms(lambda: gpu.run(1.0), lambda: gpu.run(1.0), reps=9, warmup=0)
     # back to back, the second call's 9 reps would run 9 units later: about 9% slower
     assert abs(second - first) / first < 0.015
 
@@ -111,7 +111,7 @@ def test_a_heavy_call_slows_its_successors_alike(monkeypatch: pytest.MonkeyPatch
     # dense runs 10% slower. Rotating one order put the tree after dense in 2 of 3 reps: 10% apart here.
     gpu = FakeGpu(drift=0.0, after_heavy=0.10, heavy=5.0)
     module = bench_kernels(monkeypatch, gpu)
-    tree, build, _ = module.median_ms(lambda: gpu.run(1.0), lambda: gpu.run(1.0), lambda: gpu.run(5.0), reps=18)
+    tree, build, _ = module.balanced_ms(lambda: gpu.run(1.0), lambda: gpu.run(1.0), lambda: gpu.run(5.0), reps=18)
     assert abs(tree - build) / build < 0.01
 
 
@@ -122,9 +122,9 @@ def test_builds_alike_however_far_a_heavy_call_reaches(monkeypatch: pytest.Monke
     gpu = FakeGpu(drift=0.0, after_heavy=0.10, heavy=5.0, reach=2)
     module = bench_kernels(monkeypatch, gpu)
     calls = (lambda: gpu.run(1.0), lambda: gpu.run(1.0), lambda: gpu.run(5.0))
-    tree, build, _ = module.median_ms(*calls, reps=12, builds=1)
+    tree, build, _ = module.balanced_ms(*calls, reps=12, builds=1)
     assert abs(tree - build) / build > 0.03  # the imbalance the shifts remove
-    tree, build, _ = module.median_ms(*calls, reps=12, builds=2)
+    tree, build, _ = module.balanced_ms(*calls, reps=12, builds=2)
     assert abs(tree - build) / build < 0.01
 
 
@@ -135,3 +135,13 @@ def test_every_build_has_every_builds_place(monkeypatch: pytest.MonkeyPatch, cal
     assert any(shifted == cycle[k:] + cycle[:k] for k in range(len(cycle)))  # the same cycle, seen from elsewhere
     assert Counter(cycle) == dict.fromkeys(range(calls), len(cycle) // calls)
     assert cycle[-1] == 0  # the warm-up's last call
+
+
+def test_a_call_after_dense_half_the_time_gets_the_mean_of_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the tree and dense alone: the tree follows dense in half its turns (10% slower here, 54 against 50 ms at
+    # 128K on the H200), so the median of its times is any value between the two clusters; the mean of its median
+    # after each predecessor is their middle
+    gpu = FakeGpu(drift=0.0, after_heavy=0.10, heavy=5.0)
+    module = bench_kernels(monkeypatch, gpu)
+    tree, dense = module.balanced_ms(lambda: gpu.run(1.0), lambda: gpu.run(5.0), reps=9, builds=1)
+    assert tree == pytest.approx(1.05) and dense == pytest.approx(5.25)
