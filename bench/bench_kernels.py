@@ -141,6 +141,14 @@ def balanced_ms(*fns: Callable[[], object], reps: int, warmup: int = 1, builds: 
     ]
 
 
+def print_table(lines: list[str], out: Path | None) -> None:
+    """A markdown table to the log and, when asked, to a file (the device brings back $OUT's files)."""
+    text = "\n".join(lines)
+    print(text)
+    if out:
+        out.write_text(text + "\n")
+
+
 def dense_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> Callable[[], object]:
     """Causal SDPA with GQA on one backend; K/V are expanded once, here, where the backend lacks enable_gqa."""
     sdpa, chosen = torch.nn.functional.scaled_dot_product_attention, DENSE_BACKENDS[backend]

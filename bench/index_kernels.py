@@ -22,7 +22,16 @@ from typing import Annotated
 
 import torch
 import typer
-from bench_kernels import LLM_LIKE_SEED, CallProfile, SparseLayer, balanced_ms, layer_patterns, make_inputs, turns
+from bench_kernels import (
+    LLM_LIKE_SEED,
+    CallProfile,
+    SparseLayer,
+    balanced_ms,
+    layer_patterns,
+    make_inputs,
+    print_table,
+    turns,
+)
 from gpu_clocks import ClockSampler
 
 from minfer.runtime import kernels
@@ -93,10 +102,7 @@ def main(
         del q, k, v, layers
         torch.cuda.empty_cache()
     clocks.close()
-    text = "\n".join(lines)
-    print(text)
-    if out:
-        out.write_text(text + "\n")
+    print_table(lines, out)
 
 
 if __name__ == "__main__":

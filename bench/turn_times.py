@@ -16,7 +16,15 @@ from typing import Annotated
 
 import torch
 import typer
-from bench_kernels import LLM_LIKE_SEED, SparseLayer, dense_call, layer_patterns, make_inputs, timed_in_turns
+from bench_kernels import (
+    LLM_LIKE_SEED,
+    SparseLayer,
+    dense_call,
+    layer_patterns,
+    make_inputs,
+    print_table,
+    timed_in_turns,
+)
 from gpu_clocks import ClockSampler
 
 from minfer.runtime import kernels
@@ -59,10 +67,7 @@ def main(
         del q, k, v, calls
         torch.cuda.empty_cache()
     clocks.close()
-    text = "\n".join(lines)
-    print(text)
-    if out:
-        out.write_text(text + "\n")
+    print_table(lines, out)
 
 
 if __name__ == "__main__":
