@@ -247,14 +247,15 @@ def main(
         int,
         typer.Option(
             help="times the timed calls of each build: 9 at 128K, 5 at 256K, 3 from 512K, taken in turns and rounded "
-            "up to whole cycles of the turns (twice as many as the calls taking turns)"
+            "up to whole cycles of the turns (twice as many as the calls taking turns, times the builds where two "
+            "or more builds take turns with dense)"
         ),
     ] = 1,
     dense_in_turns: Annotated[
         bool,
         typer.Option(
             help="time dense in turns with the sparse calls too (at 1M 4 more dense calls of about 18 s per family, "
-            "6 beside one --compare-library)"
+            "12 beside one --compare-library)"
         ),
     ] = True,
     llm_seeds: Annotated[

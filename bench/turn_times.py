@@ -50,14 +50,12 @@ def main(
         calls += [dense_call(q, k, v, "cudnn")] if dense else []
         with clocks.measured() as window:
             timed = timed_in_turns(*calls, reps=reps, builds=len(library_paths))
-        groups: dict[tuple[int, int | None], list[float]] = defaultdict(list)
+        groups: dict[tuple[int, int], list[float]] = defaultdict(list)  # before -1: after any call
         for which, before, ms in timed:
             groups[which, before].append(ms)
-            groups[which, None].append(ms)
-        for (which, before), ms in sorted(
-            groups.items(), key=lambda item: (item[0][0], -1 if item[0][1] is None else item[0][1])
-        ):
-            after = "any" if before is None else names[before]
+            groups[which, -1].append(ms)
+        for (which, before), ms in sorted(groups.items()):
+            after = "any" if before < 0 else names[before]
             lines.append(
                 f"| {seq // 1024}K | {names[which]} | {after} | {len(ms)} | {statistics.median(ms):.3f} | "
                 f"{min(ms):.3f} | {max(ms):.3f} |"
