@@ -9,7 +9,7 @@ block, walking the block's chunk tiles oldest key first (the kernel's order) or 
 - budget 2^-B: a tile is skipped only while the rows' skipped weight, bounded by 64 * 2^(tile max - running max),
   stays under 2^-B of the row's running softmax sum: each output then moves by at most 2^(1-B) * max|v|.
 Also the largest weight actually skipped, relative to the row's final sum, over the sampled rows.
-About 30 s at 128K with 6 blocks per head on 2 CPU cores.
+About 85 s at 128K with 6 blocks per head on 2 CPU cores.
 Run: python bench/negligible_tiles.py --seq-len 131072 --blocks 6
 """
 

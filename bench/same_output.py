@@ -39,9 +39,9 @@ def main(
                 torch.cuda.synchronize()
                 outs.append(layer.out.clone())
                 del layer
-            same = torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16))
+            differs = outs[0].view(torch.int16) != outs[1].view(torch.int16)
+            same, share = not bool(differs.any()), float(differs.float().mean())
             delta = (outs[0].float() - outs[1].float()).abs()
-            share = float((outs[0].view(torch.int16) != outs[1].view(torch.int16)).float().mean())
             print(
                 f"S {seq} {family}: {'same bits' if same else 'DIFFERENT'} "
                 f"({100 * share:.4f}% of elements differ, largest difference {float(delta.nan_to_num(1e9).max()):.3g}, "
