@@ -35,8 +35,11 @@ def tile_logits(logits: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor) ->
     return logits[:, keys.clamp(0, int(rows[-1]))].masked_fill(~visible, -math.inf)
 
 
-def skipped(tiles: list[torch.Tensor], final: torch.Tensor, rule: str, level: int) -> tuple[int, float]:
-    """Tiles skipped in this order under the rule, and the largest skipped weight over a row's final sum."""
+def skipped(
+    tiles: list[torch.Tensor], final: torch.Tensor, final_sum: torch.Tensor, rule: str, level: int
+) -> tuple[int, float]:
+    """Tiles skipped in this order under the rule, and the largest skipped weight over a row's final sum (the
+    rows' softmax sums against their final maxima `final`)."""
     rows = final.numel()
     run = torch.full((rows,), -math.inf, dtype=torch.float64)
     total = torch.zeros(rows, dtype=torch.float64)  # running sum of the computed tiles, against `run`
@@ -61,7 +64,6 @@ def skipped(tiles: list[torch.Tensor], final: torch.Tensor, rule: str, level: in
         rescale = torch.exp2(run - new).nan_to_num(0.0)
         total = total * rescale + torch.exp2(x - new[:, None]).nan_to_num(0.0).sum(dim=1)
         used, run = used * rescale, new
-    final_sum = sum(torch.exp2(x - final[:, None]).nan_to_num(0.0).sum(dim=1) for x in tiles)
     return count, float((lost / final_sum).max())
 
 
@@ -77,19 +79,21 @@ def main(
     counts = {(order, rule): 0 for order in ("oldest first", "newest first") for rule in rules}
     worst = dict.fromkeys(counts, 0.0)
     tiles_seen = 0
+    group = HQ // HKV
     for h in range(HQ):
-        index = build_head_index(q[h].float(), k[h // (HQ // HKV)].float(), patterns[h], SCALE)
+        index = build_head_index(q[h].float(), k[h // group].float(), patterns[h], SCALE)
         for m in torch.linspace(0, num_blocks(seq_len) - 1, blocks).long().tolist():
             rows = torch.arange(m * BLOCK, min(m * BLOCK + BLOCK, seq_len))
-            logits = q[h, rows] @ k[h // (HQ // HKV), : int(rows[-1]) + 1].T * (SCALE * math.log2(math.e))
+            logits = q[h, rows] @ k[h // group, : int(rows[-1]) + 1].T * (SCALE * math.log2(math.e))
             chunks = [tile_logits(logits, rows, s + torch.arange(BLOCK)) for s in index.chunk_starts(m).tolist()]
             columns = index.block_columns(m)
             gathered = [tile_logits(logits, rows, columns[i : i + BLOCK]) for i in range(0, columns.numel(), BLOCK)]
             final = torch.stack([x.max(dim=1).values for x in chunks + gathered]).max(dim=0).values
+            final_sum = sum(torch.exp2(x - final[:, None]).nan_to_num(0.0).sum(dim=1) for x in chunks + gathered)
             tiles_seen += len(chunks) + len(gathered)
             for order, walk in (("oldest first", chunks + gathered), ("newest first", chunks[::-1] + gathered)):
                 for rule in rules:
-                    n, lost = skipped(walk, final, *rule)
+                    n, lost = skipped(walk, final, final_sum, *rule)
                     counts[order, rule] += n
                     worst[order, rule] = max(worst[order, rule], lost)
     print(f"S {seq_len}, seed {seed}, {blocks} blocks per head, {tiles_seen} tiles")
