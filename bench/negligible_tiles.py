@@ -22,16 +22,16 @@ import torch
 import typer
 from bench_kernels import HKV, HQ, SCALE, D, layer_patterns  # bench/, on the path as the script's folder
 
-from minfer.patterns.indices import BLOCK, build_head_index, num_blocks
+from minfer.patterns.indices import BLOCK, HeadIndex, build_head_index, num_blocks
 from minfer.patterns.planted import llm_like_qk
 
 THRESHOLDS = (16, 24, 32)
 BUDGETS = (8, 12, 16)
 
 
-def tile_logits(logits: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """The rows' base-2 logits on one tile's keys, -inf where the token rule masks them."""
-    visible = (keys[None, :] >= 0) & (keys[None, :] <= rows[:, None])
+def tile_logits(logits: torch.Tensor, index: HeadIndex, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """The rows' base-2 logits on one tile's keys, -inf where the index's token rule masks them."""
+    visible = index.token_rule(rows[:, None], keys[None, :])
     return logits[:, keys.clamp(0, int(rows[-1]))].masked_fill(~visible, -math.inf)
 
 
@@ -85,13 +85,16 @@ def main(
         for m in torch.linspace(0, num_blocks(seq_len) - 1, blocks).long().tolist():
             rows = torch.arange(m * BLOCK, min(m * BLOCK + BLOCK, seq_len))
             logits = q[h, rows] @ k[h // group, : int(rows[-1]) + 1].T * (SCALE * math.log2(math.e))
-            chunks = [tile_logits(logits, rows, s + torch.arange(BLOCK)) for s in index.chunk_starts(m).tolist()]
+            chunks = [tile_logits(logits, index, rows, s + torch.arange(BLOCK)) for s in index.chunk_starts(m).tolist()]
             columns = index.block_columns(m)
-            gathered = [tile_logits(logits, rows, columns[i : i + BLOCK]) for i in range(0, columns.numel(), BLOCK)]
-            final = torch.stack([x.max(dim=1).values for x in chunks + gathered]).max(dim=0).values
-            final_sum = sum(torch.exp2(x - final[:, None]).nan_to_num(0.0).sum(dim=1) for x in chunks + gathered)
-            tiles_seen += len(chunks) + len(gathered)
-            for order, walk in (("oldest first", chunks + gathered), ("newest first", chunks[::-1] + gathered)):
+            gathered = [
+                tile_logits(logits, index, rows, columns[i : i + BLOCK]) for i in range(0, columns.numel(), BLOCK)
+            ]
+            tiles = chunks + gathered  # the kernel's order: chunks oldest key first, then the columns
+            final = torch.stack([x.max(dim=1).values for x in tiles]).max(dim=0).values
+            final_sum = sum(torch.exp2(x - final[:, None]).nan_to_num(0.0).sum(dim=1) for x in tiles)
+            tiles_seen += len(tiles)
+            for order, walk in (("oldest first", tiles), ("newest first", chunks[::-1] + gathered)):
                 for rule in rules:
                     n, lost = skipped(walk, final, final_sum, *rule)
                     counts[order, rule] += n
