@@ -4,8 +4,10 @@
 # Stages (comma-separated): all (every stage but the optional ones below), build, test, sanitize, bench, search,
 # e2e, and the optional index (bench/index_kernels.py: each kernel's time, beside carried builds), profile (ncu),
 # variants (other builds from bench/build_variants.sh: the GPU kernel tests on each, then one benchmark of the tree
-# beside those that passed) and wgmma (bench/wgmma_rate.cu: the consumer's tensor rate alone). Logs go to $OUT.
-# BENCH_ARGS, INDEX_ARGS, E2E_ARGS and PYTEST_ARGS pass options on.
+# beside those that passed), wgmma (bench/wgmma_rate.cu: the consumer's tensor rate alone) and selection (the
+# LLM-like draws' selected fractions over SELECTION_SEEDS, then the benchmark on seed 2, the median draw and the draw
+# nearest the pinned page's fractions). Logs go to $OUT. BENCH_ARGS, INDEX_ARGS, E2E_ARGS and PYTEST_ARGS pass
+# options on.
 # Example (device tool, with carry [".whl", ".carry"]): bash bench/device.sh build,test,search,e2e
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +21,7 @@ if [[ -n $wheels ]]; then  # what the GPU image lacks (../shared/gpu/README.md):
     && export PYTHONPATH=$PYTHONPATH:/tmp/minfer-site
 fi
 stages=${1:-all}
-optional=",index,profile,variants,wgmma,"  # stages `all` leaves out
+optional=",index,profile,variants,wgmma,selection,"  # stages `all` leaves out
 has() { [[ ($stages == all && $optional != *,$1,*) || ,$stages, == *,$1,* ]]; }
 status=0
 
@@ -82,6 +84,16 @@ if has index; then  # the time of each kernel of the benchmark layer's launch, i
 fi
 if has wgmma; then  # 64- against 128-key tiles, one to three consumers, softmax or none, turns, Q in registers or not
   build/wgmma_rate | tee "$OUT/wgmma_rate.md"
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
+if has selection; then  # where seed 2, the benchmark's default draw, lies among the family's draws
+  lengths=131072,262144,524288,1048576
+  python bench/selection_by_seed.py --device cuda --seq-lens $lengths --seeds "${SELECTION_SEEDS:-0-99}" \
+    --max-seconds "${SELECTION_SECONDS:-240}" --out "$OUT/selection.md" >"$OUT/selection.log" 2>&1 \
+    && cat "$OUT/selection.md" || { tail -20 "$OUT/selection.log"; status=1; }
+  seeds=$( (echo 2; grep -oP 'draw.*: seed \K[0-9]+' "$OUT/selection.md") | sort -un | paste -sd,)
+  python bench/bench_kernels.py --lengths $lengths --families llm-like --llm-seeds "$seeds" --dense cudnn \
+    --no-dense-in-turns --out "$OUT/selection-bench.md" 2>&1 | tee "$OUT/selection-bench.log" | grep "^|"
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 if has search; then  # issue 5: one 8B-shaped layer at 128K
