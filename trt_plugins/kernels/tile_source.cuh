@@ -264,19 +264,21 @@ __host__ __device__ __forceinline__ int work_items_per_head(const LaunchParams& 
 }
 
 // Work item x of the attention grid: query blocks first .. first + blocks - 1 of one query head. KV head
-// outermost, then items from the last (the heaviest) to the first, then the batch and the query heads of the KV
-// group: the CTAs in flight then share one KV head and neighbouring query blocks, whose chunks overlap, so K/V
-// tiles come from L2. (Query block outermost left L2 hits at 9%, ncu, 128K i.i.d.)
+// outermost, then the batch and the query heads of the KV group, then items from the last (the heaviest) to the
+// first: the CTAs in flight share one KV head and neighbouring query blocks, whose chunks overlap, so K/V tiles
+// come from L2 (query block outermost left L2 hits at 9%, ncu, 128K i.i.d.); and they are one head's, of like
+// cost, so they start and walk their keys together rather than at the phases a mix of heavy and light heads
+// leaves them.
 __device__ __forceinline__ void decode_work_item(const LaunchParams& p, int64_t x, int blocks, int& b, int& h,
                                                  int& first) {
   const int items = work_items_per_head(p, blocks);
-  const int64_t per_item = int64_t(p.batch) * p.group, per_kv_head = per_item * items;
+  const int64_t per_kv_head = int64_t(p.batch) * p.group * items;
   const int kvh = int(x / per_kv_head);
   const int64_t r = x % per_kv_head;
-  first = (items - 1 - int(r / per_item)) * blocks;
-  const int64_t rr = r % per_item;
-  b = int(rr / p.group);
-  h = kvh * p.group + int(rr % p.group);
+  const int64_t head_in_kv = r / items;  // batch, then query head of the group
+  first = (items - 1 - int(r % items)) * blocks;
+  b = int(head_in_kv / p.group);
+  h = kvh * p.group + int(head_in_kv % p.group);
 }
 
 // How many query blocks the work item whose first block is m0 holds: `blocks`, fewer at the end of the head.
