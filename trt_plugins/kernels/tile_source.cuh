@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 
+#include "grid_order.cuh"
 #include "params.h"
 #include "tile_math.cuh"
 
@@ -257,29 +258,6 @@ struct ItemSchedule {
     return chunks_left() ? next_chunk(seq_len) : next_column(src, keys, group);
   }
 };
-
-// Work items per (batch, query head): its query blocks in groups of `blocks`. The launch sizes the grid by it.
-__host__ __device__ __forceinline__ int work_items_per_head(const LaunchParams& p, int blocks) {
-  return (p.num_blocks + blocks - 1) / blocks;
-}
-
-// Work item x of the attention grid: query blocks first .. first + blocks - 1 of one query head. KV head
-// outermost, then the batch and the query heads of the KV group, then items from the last (the heaviest) to the
-// first: the CTAs in flight share one KV head and neighbouring query blocks, whose chunks overlap, so K/V tiles
-// come from L2 (query block outermost left L2 hits at 9%, ncu, 128K i.i.d.); and they are one head's, of like
-// cost, so they start and walk their keys together rather than at the phases a mix of heavy and light heads
-// leaves them.
-__device__ __forceinline__ void decode_work_item(const LaunchParams& p, int64_t x, int blocks, int& b, int& h,
-                                                 int& first) {
-  const int items = work_items_per_head(p, blocks);
-  const int64_t per_kv_head = int64_t(p.batch) * p.group * items;
-  const int kvh = int(x / per_kv_head);
-  const int64_t r = x % per_kv_head;
-  const int64_t head_in_kv = r / items;  // batch, then query head of the group
-  first = (items - 1 - int(r % items)) * blocks;
-  b = int(head_in_kv / p.group);
-  h = kvh * p.group + int(head_in_kv % p.group);
-}
 
 // How many query blocks the work item whose first block is m0 holds: `blocks`, fewer at the end of the head.
 __device__ __forceinline__ int item_block_count(const LaunchParams& p, int m0, int blocks) {
