@@ -26,20 +26,25 @@ from typing import Annotated
 
 import torch
 import typer
-from bench_kernels import HKV, HQ, LLM_LIKE_SEED, SCALE, D, SparseLayer, layer_patterns, make_inputs  # bench/
+from bench_kernels import (  # bench/, on the path as the script's folder
+    HKV,
+    HQ,
+    LLM_LIKE_SEED,
+    SCALE,
+    D,
+    SparseLayer,
+    dense_tiles,
+    layer_patterns,
+    make_inputs,
+)
 
-from minfer.patterns.indices import BLOCK, build_head_index
+from minfer.patterns.indices import build_head_index
 from minfer.patterns.planted import llm_like_qk
 from minfer.patterns.spec import HeadPattern
 from minfer.runtime import kernels
 
 PINNED = {131072: 0.154, 262144: 0.098, 524288: 0.067, 1048576: 0.032}
 """The fractions ../shared/bench/llm-like-inputs.md reports for MInference's draw."""
-
-
-def dense_tiles(seq_len: int) -> float:
-    """The denominator bench_kernels.py uses: dense causal work of the layer in 64x64 tiles."""
-    return HQ * seq_len * seq_len / (2 * BLOCK * BLOCK)
 
 
 def cpu_fraction(seq_len: int, seed: int, patterns: list[HeadPattern]) -> float:
@@ -72,12 +77,13 @@ def summary(fractions: dict[int, dict[int, float]], seq_lens: list[int]) -> str:
         "| S | min | 25% | median | mean | 75% | max | seed 2 | seeds selecting less than seed 2 | pinned page |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    medians: dict[int, float] = {}
     for s in seq_lens:
         values = [fractions[seed][s] for seed in seeds]
-        q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+        q1, medians[s], q3 = statistics.quantiles(values, n=4, method="inclusive")
         seed2 = fractions.get(LLM_LIKE_SEED, {}).get(s)
         below = f"{sum(v < seed2 for v in values)} of {len(values)}" if seed2 is not None else "-"
-        cells = [min(values), q1, median, statistics.fmean(values), q3, max(values)]
+        cells = [min(values), q1, medians[s], statistics.fmean(values), q3, max(values)]
         lines.append(
             f"| {s // 1024}K | "
             + " | ".join(f"{100 * v:.1f}%" for v in cells)
@@ -89,7 +95,6 @@ def summary(fractions: dict[int, dict[int, float]], seq_lens: list[int]) -> str:
     def distance(seed: int, target: dict[int, float]) -> float:  # worst log-ratio over the lengths
         return max(abs(math.log(fractions[seed][s] / target[s])) for s in seq_lens if s in target)
 
-    medians = {s: statistics.median(fractions[seed][s] for seed in seeds) for s in seq_lens}
     picks = [("median draw", medians)]
     if any(s in PINNED for s in seq_lens):
         picks.append(("draw nearest the pinned page", PINNED))

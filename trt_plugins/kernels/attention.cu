@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "block_rows.cuh"
+#include "grid_order.cuh"
 #include "kernels.h"
 #include "tile_math.cuh"
 #include "tile_source.cuh"

@@ -32,4 +32,9 @@ __host__ __device__ __forceinline__ void decode_work_item(const LaunchParams& p,
   h = kvh * p.group + int(head_in_kv % p.group);
 }
 
+// How many query blocks the work item whose first block is m0 holds: `blocks`, fewer at the end of the head.
+__device__ __forceinline__ int item_block_count(const LaunchParams& p, int m0, int blocks) {
+  return min(blocks, int(p.num_blocks) - m0);
+}
+
 }  // namespace minfer

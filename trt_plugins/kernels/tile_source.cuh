@@ -6,7 +6,6 @@
 
 #include <stdint.h>
 
-#include "grid_order.cuh"
 #include "params.h"
 #include "tile_math.cuh"
 
@@ -258,10 +257,5 @@ struct ItemSchedule {
     return chunks_left() ? next_chunk(seq_len) : next_column(src, keys, group);
   }
 };
-
-// How many query blocks the work item whose first block is m0 holds: `blocks`, fewer at the end of the head.
-__device__ __forceinline__ int item_block_count(const LaunchParams& p, int m0, int blocks) {
-  return min(blocks, int(p.num_blocks) - m0);
-}
 
 }  // namespace minfer
