@@ -2,7 +2,8 @@
 
 Workload (issue 6): 32 query heads, 8 KV heads, head_dim 128, bf16, batch 1, the per-head budgets of
 layer 16 of MInference's Llama_3_8B_Instruct_262k config, index building included, on (a) the pinned
-LLM-like inputs (minfer.patterns.planted.llm_like_qk) and (b) i.i.d. random Q/K/V. Every sparse call
+LLM-like inputs (minfer.patterns.planted.llm_like_qk; three draws: the history's, the median one and the one nearest
+the pinned page's selected fractions) and (b) i.i.d. random Q/K/V. Every sparse call
 goes through the C ABI exactly as the TensorRT plugin's enqueue does. Per row: the fraction of dense
 causal work the tiles select (counted by the attention kernel's own tile generator), time, speedup
 over the best of cuDNN and flash SDPA (same run, same GPU), TFLOP/s on the tiles computed (attention
@@ -43,7 +44,11 @@ CONFIG_NAME = "Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json"
 CONFIG_PLACES = (REPO / ".carry" / "minference-configs", REPO.parent / "shared" / "data" / "minference-configs")
 HQ, HKV, D = 32, 8, 128
 SCALE = D**-0.5
-IID_SEED, LLM_LIKE_SEED = 1, 2  # the inputs every table so far was timed on
+IID_SEED, LLM_LIKE_SEED = 1, 2  # the inputs every table up to the fifteenth session was timed on
+# The LLM-like family is judged on more than one draw: seed 2 (the history's, heavier than 92 to 96 of 100 draws),
+# seed 30 (the draw nearest the pinned page's selected fractions) and seed 49 (the median draw); both found by
+# bench/selection_by_seed.py over seeds 0 to 99 (docs/benchmarks.md, fifteenth session).
+LLM_LIKE_DRAWS = (LLM_LIKE_SEED, 30, 49)
 DENSE_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
 console = Console()
 
@@ -266,7 +271,7 @@ def main(
     llm_seeds: Annotated[
         str,
         typer.Option(help="comma-separated seeds of the LLM-like inputs, a row each (the selection varies with them)"),
-    ] = str(LLM_LIKE_SEED),
+    ] = ",".join(map(str, LLM_LIKE_DRAWS)),
 ) -> None:
     library = kernels.load_library()
     compare_library = compare_library or []
