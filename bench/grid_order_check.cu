@@ -8,11 +8,13 @@
 
 #include "grid_order.cuh"
 
+constexpr int kLayers = 3000;
+
 int main() {
   std::mt19937 rng(7);
   auto pick = [&](int n) { return int(rng() % unsigned(n)); };
-  long layers = 0, ctas = 0, bad = 0;
-  for (int trial = 0; trial < 3000; ++trial, ++layers) {
+  long ctas = 0, bad = 0;
+  for (int trial = 0; trial < kLayers; ++trial) {
     minfer::LaunchParams p{};
     p.num_kv_heads = 1 + pick(8);
     p.group = 1 + pick(trial % 10 == 0 ? 16 : 8);
@@ -44,6 +46,6 @@ int main() {
     for (int count : seen) bad += count != 1;
     bad += runs != heads;
   }
-  printf("%ld layers, %ld CTAs, %ld bad\n", layers, ctas, bad);
+  printf("%d layers, %ld CTAs, %ld bad\n", kLayers, ctas, bad);
   return bad != 0;
 }
